@@ -1,0 +1,171 @@
+"""Settings: one TOML file, defaults in code, CLI flags override, errors name the key.
+
+The TOML file has one table per concern (``[model]``, ``[metadata]``, ``[index]``, ``[watch]``,
+``[pipeline]``); ``config.example.toml`` at the repository root documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and what is wrong."""
+
+
+def data_dir() -> Path:
+    """Where phototag keeps its index and state (XDG data dir)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "phototag"
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "phototag"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = DEFAULT_MODEL
+    prompt: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 0  # 0: chosen for the device
+    max_new_tokens: int = 30
+    num_beams: int = 3
+    draft_decode: bool = True
+
+
+@dataclass(frozen=True)
+class MetadataSettings:
+    mode: str = "embed"
+    sidecar_naming: str = "ext"
+    overwrite: bool = False
+    exiftool: str = ""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    db: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    decode_workers: int = 2
+    queue_batches: int = 3
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    folders: tuple[str, ...] = ()
+    rescan_interval: float = 3600.0
+    settle_seconds: float = 2.0
+    stop_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+
+    def db_path(self) -> Path:
+        if self.index.db:
+            return Path(self.index.db).expanduser()
+        env = os.environ.get("PHOTOTAG_DB")
+        if env:
+            return Path(env).expanduser()
+        return data_dir() / "index.sqlite3"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.device": ("auto", "cpu", "cuda", "mps"),
+    "model.dtype": ("auto", "fp32", "fp16", "bf16"),
+    "metadata.mode": ("embed", "sidecar", "both"),
+    "metadata.sidecar_naming": ("ext", "base"),
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if key in _CHOICES:
+        if value not in _CHOICES[key] and not (key == "model.device" and str(value).startswith("cuda:")):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def settings_from_dict(raw: dict[str, Any]) -> Settings:
+    """Typed settings from a parsed TOML document; unknown tables or keys are errors."""
+    settings = Settings()
+    sections = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    updates: dict[str, Any] = {}
+    for section_name, section_value in raw.items():
+        if section_name not in sections:
+            raise ConfigError(f"unknown table [{section_name}]; known: {', '.join(sections)}")
+        if not isinstance(section_value, dict):
+            raise ConfigError(f"{section_name}: expected a table")
+        current = sections[section_name]
+        known = {f.name: getattr(current, f.name) for f in fields(current)}
+        changes = {}
+        for key, value in section_value.items():
+            if key not in known:
+                raise ConfigError(f"{section_name}.{key}: unknown key; known: {', '.join(known)}")
+            changes[key] = _coerce(f"{section_name}.{key}", value, known[key])
+        updates[section_name] = replace(current, **changes)
+    return replace(settings, **updates)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read the config file (explicit path, else ``$PHOTOTAG_CONFIG``, else the XDG one if present)."""
+    if path is None:
+        env = os.environ.get("PHOTOTAG_CONFIG")
+        candidate = Path(env) if env else config_dir() / "config.toml"
+        if not candidate.exists():
+            if env:
+                raise ConfigError(f"PHOTOTAG_CONFIG: {candidate} does not exist")
+            return Settings()
+        path = candidate
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return settings_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def override(settings: Settings, section: str, **values: Any) -> Settings:
+    """Apply CLI flags (``None`` means "not given") on top of the file's settings."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return settings
+    current = getattr(settings, section)
+    checked = {k: _coerce(f"{section}.{k}", v, getattr(current, k)) for k, v in given.items()}
+    return replace(settings, **{section: replace(current, **checked)})
