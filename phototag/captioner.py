@@ -1,0 +1,163 @@
+"""BLIP captioning: load the model, pick device and dtype, preprocess, batched generate.
+
+This is the only module that imports torch and transformers, and it does so lazily, so commands that
+never caption (``search``, ``status``, ``show``) start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phototag.config import ModelSettings
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The captioning model could not be loaded; the message says which and how to fix it."""
+
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 4}
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise ModelLoadError("device 'mps' requested but MPS is not available; use --device cpu")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """fp16 on CUDA, fp32 elsewhere, unless asked otherwise."""
+    if requested != "auto":
+        return requested
+    return "fp16" if device.startswith("cuda") else "fp32"
+
+
+def clean_caption(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass(frozen=True)
+class CaptionerInfo:
+    model: str
+    device: str
+    dtype: str
+    batch_size: int
+    prompt: str
+    max_new_tokens: int
+    num_beams: int
+
+
+class Captioner:
+    """Holds a BLIP model. ``preprocess`` is thread-safe; ``caption`` runs on one thread at a time."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+        from transformers.models.blip import BlipImageProcessorPil
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype_name = pick_dtype(settings.dtype, self.device)
+        self.torch_dtype = getattr(torch, _DTYPES[self.dtype_name])
+        self.batch_size = settings.batch_size or _DEFAULT_BATCH.get(self.device.split(":")[0], 4)
+        name = settings.name
+        local = Path(name).expanduser()
+        source = str(local) if local.exists() else name
+        looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+        if looks_local and not local.exists():
+            raise ModelLoadError(f"model folder {name!r} does not exist; check [model] name or --model")
+        try:
+            image_processor = _from_pretrained(BlipImageProcessorPil, source)
+            self.processor = _from_pretrained(BlipProcessor, source, image_processor=image_processor)
+            model = _from_pretrained(BlipForConditionalGeneration, source, dtype=self.torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(_load_hint(name, exc)) from None
+        self.model = model.to(self.device).eval()
+        size = self.processor.image_processor.size
+        self.input_size = int(min(size.get("height", 384), size.get("width", 384)))
+        self._lock = threading.Lock()
+        self._prompt_ids: torch.Tensor | None = None
+        self._prefix_len = 1  # the [DEC] bos token the decoder starts from
+        if settings.prompt:
+            ids = self.processor.tokenizer(settings.prompt, return_tensors="pt").input_ids
+            self._prompt_ids = ids
+            # generate() keeps [bos] + prompt tokens (without [CLS]/[SEP]) before the new tokens.
+            self._prefix_len = 1 + ids.shape[1] - 2
+
+    @property
+    def info(self) -> CaptionerInfo:
+        s = self.settings
+        return CaptionerInfo(
+            s.name, self.device, self.dtype_name, self.batch_size, s.prompt, s.max_new_tokens, s.num_beams
+        )
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """PIL image -> the model's pixel tensor (3 x H x W, float32). Safe to call from many threads."""
+        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def generate_ids(self, pixels: Sequence[Any]) -> list[list[int]]:
+        """Token ids of the new caption tokens (prompt and bos stripped) for each pixel tensor."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            batch = torch.stack(list(pixels)).to(self.device, self.torch_dtype)
+            kwargs: dict[str, Any] = {
+                "pixel_values": batch,
+                "max_new_tokens": self.settings.max_new_tokens,
+                "num_beams": self.settings.num_beams,
+            }
+            if self._prompt_ids is not None:
+                ids = self._prompt_ids.to(self.device).expand(batch.shape[0], -1)
+                kwargs["input_ids"] = ids
+                kwargs["attention_mask"] = torch.ones_like(ids)
+            out = self.model.generate(**kwargs)
+        return [row[self._prefix_len :].tolist() for row in out.cpu()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return clean_caption(self.processor.decode(ids, skip_special_tokens=True))
+
+    def caption(self, pixels: Sequence[Any]) -> list[str]:
+        return [self.decode(ids) for ids in self.generate_ids(pixels)]
+
+
+def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+    """Use the local cache without asking the hub first; go online only when it is not cached."""
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        return cls.from_pretrained(source, **kwargs)
+
+
+def _load_hint(name: str, exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if Path(name).expanduser().exists():
+        return f"cannot load model from folder {name!r}: {first}"
+    return (
+        f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}). "
+        "Connect once so it can be fetched (~1.9 GB), or pass --model /path/to/a/local/copy"
+    )

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from phototag.captioner import Captioner, ModelLoadError, pick_dtype
+from phototag.config import ModelSettings
+from phototag.imaging import load_rgb
+
+UPRIGHT = ["jpg/gps/DSCN0010.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/nikon-e950.jpg",
+           "generated/gen_png.png", "jpg/xmp/BlueSquare.jpg", "tiff/BSG1.tiff"]
+
+
+@pytest.fixture(scope="module")
+def model_settings(tiny_model: Path) -> ModelSettings:
+    return ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=10, num_beams=1,
+                         draft_decode=False)
+
+
+@pytest.fixture(scope="module")
+def captioner(model_settings: ModelSettings) -> Captioner:
+    return Captioner(model_settings)
+
+
+def seed_script_ids(model_dir: Path, path: Path, prompt: str | None, max_new_tokens: int) -> list[int]:
+    """The model card's loop: open, convert, processor(...), generate. The reference for fidelity."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip import BlipImageProcessorPil
+
+    processor = BlipProcessor.from_pretrained(
+        model_dir, image_processor=BlipImageProcessorPil.from_pretrained(model_dir))
+    model = BlipForConditionalGeneration.from_pretrained(model_dir)
+    raw_image = Image.open(path).convert("RGB")
+    if prompt:
+        inputs = processor(raw_image, prompt, return_tensors="pt")
+    else:
+        inputs = processor(raw_image, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1)
+    return out[0].tolist()
+
+
+def test_token_ids_equal_seed_script(captioner: Captioner, tiny_model: Path, corpus: Path) -> None:
+    photos = [corpus / name for name in UPRIGHT]
+    pixels = [captioner.preprocess(load_rgb(p)) for p in photos]
+    batched = captioner.generate_ids(pixels)
+    for photo, ids in zip(photos, batched, strict=True):
+        reference = seed_script_ids(tiny_model, photo, None, 10)
+        assert ids == reference[1:], photo.name  # phototag strips the [DEC] bos token
+    one_by_one = [captioner.generate_ids([p])[0] for p in pixels]
+    assert one_by_one == batched
+
+
+def test_captions_differ_between_photos(captioner: Captioner, corpus: Path) -> None:
+    pixels = [captioner.preprocess(load_rgb(corpus / name)) for name in UPRIGHT]
+    captions = captioner.caption(pixels)
+    assert len(captions) == len(UPRIGHT)
+    assert all(isinstance(c, str) for c in captions)
+    assert len(set(captions)) >= 3
+
+
+def test_conditional_prompt_is_stripped(model_settings: ModelSettings, tiny_model: Path, corpus: Path) -> None:
+    prompted = Captioner(replace(model_settings, prompt="a dog on the"))
+    photo = corpus / UPRIGHT[0]
+    ids = prompted.generate_ids([prompted.preprocess(load_rgb(photo))])[0]
+    reference = seed_script_ids(tiny_model, photo, "a dog on the", 10)
+    prompt_ids = prompted.processor.tokenizer("a dog on the").input_ids[1:-1]
+    assert reference[1 : 1 + len(prompt_ids)] == prompt_ids
+    assert ids == reference[1 + len(prompt_ids) :]
+    caption = prompted.decode(ids)
+    assert not caption.startswith("a dog on the")
+
+
+def test_missing_model_folder_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Captioner(ModelSettings(name=str(tmp_path / "no-such-model"), device="cpu"))
+
+
+def test_unreachable_hub_model_names_model_and_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants
+
+    # no network here anyway; offline mode makes the failure immediate instead of retried
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError) as info:
+        Captioner(ModelSettings(name="Salesforce/blip-image-captioning-large", device="cpu"))
+    message = str(info.value)
+    assert "Salesforce/blip-image-captioning-large" in message and "--model" in message
+    assert "\n" not in message
+
+
+def test_dtype_defaults() -> None:
+    assert pick_dtype("auto", "cuda") == "fp16"
+    assert pick_dtype("auto", "cpu") == "fp32"
+    assert pick_dtype("bf16", "cpu") == "bf16"
