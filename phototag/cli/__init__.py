@@ -1,0 +1,74 @@
+"""The ``phototag`` command line: a thin Click group; each command lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from phototag import __version__
+from phototag.config import ConfigError, Settings, load_settings, override
+
+
+class AppContext:
+    """What every command needs: settings (file + global flags), resolved lazily."""
+
+    def __init__(self, config: Path | None, db: Path | None) -> None:
+        self._config = config
+        self._db = db
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                settings = load_settings(self._config)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            if self._db is not None:
+                settings = override(settings, "index", db=str(self._db))
+            self._settings = settings
+        return self._settings
+
+    def with_overrides(self, section: str, **values: object) -> Settings:
+        try:
+            self._settings = override(self.settings, section, **values)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        return self._settings
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="phototag")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="PHOTOTAG_DB",
+              help="Index file (default: ~/.local/share/phototag/index.sqlite3; env PHOTOTAG_DB).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int, quiet: bool) -> None:
+    """Caption your photos with BLIP, write the captions into their metadata, and search them.
+
+    \b
+    Examples:
+      phototag backfill ~/Pictures
+      phototag search "dog on beach"
+      phototag status
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    ctx.obj = AppContext(config, db)
+
+
+def _register() -> None:
+    from phototag.cli import backfill, search, show, status
+
+    for module in (backfill, search, show, status):
+        main.add_command(module.command)
+
+
+_register()

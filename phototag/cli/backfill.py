@@ -1,0 +1,109 @@
+"""``phototag backfill``: caption every photo under some folders (resumable, skips what is done)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from phototag.cli import AppContext, pass_app
+from phototag.cli.options import apply_model_options, model_options
+from phototag.cli.progress import Progress
+from phototag.index import PhotoIndex, remove_missing
+from phototag.metadata import ExifToolSession, MetadataError
+from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
+from phototag.scan import count_photos, walk_photos
+
+
+@click.command("backfill")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@click.option("--dry-run", is_flag=True, help="Show what would be written; change nothing on disk.")
+@click.option("--retry-failed", is_flag=True, help="Try again photos that failed before and did not change.")
+@click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
+@pass_app
+def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_failed: bool, no_progress: bool,
+            **model_values: Any) -> None:
+    """Caption every photo under PATHS and write the captions into their metadata.
+
+    Photos already captioned and unchanged are skipped, so an interrupted backfill resumes where it
+    stopped. Descriptions a person wrote are kept (and indexed) unless --overwrite is given. RAW files
+    get an XMP sidecar (photo.nef.xmp). Ctrl-C finishes the batch in flight and stops cleanly.
+
+    \b
+    Examples:
+      phototag backfill ~/Pictures
+      phototag backfill ~/Pictures/2019 --prompt "a photography of" --batch-size 8
+      phototag backfill /mnt/photos --model ~/models/blip-large --device cuda
+      phototag backfill ~/Pictures --dry-run
+    """
+    settings = apply_model_options(app, model_values)
+    roots = []
+    for path in paths:
+        if not path.exists():
+            click.echo(f"phototag: {path}: no such file or folder, skipped", err=True)
+            continue
+        roots.append(Path(os.path.abspath(path.expanduser())))
+    if not roots:
+        raise click.ClickException("none of the given paths exist")
+
+    progress = Progress(enabled=not no_progress)
+    outcome_sink = progress
+    if dry_run:
+        def outcome_sink(outcome: Outcome) -> None:
+            progress(outcome)
+            if outcome.kind == WOULD_WRITE:
+                old = outcome.old_description or ""
+                click.echo(f"{outcome.path}\t{old}\t{outcome.caption}")
+
+    index = PhotoIndex(settings.db_path())
+    try:
+        exiftool = ExifToolSession(
+            settings.metadata.exiftool or None,
+            sidecar_naming=settings.metadata.sidecar_naming,
+            mode=settings.metadata.mode,
+        )
+    except MetadataError as exc:
+        raise click.ClickException(str(exc)) from None
+    with exiftool:
+        pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
+                            on_outcome=outcome_sink).start()
+        threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
+        completed = _feed(pipeline, roots)
+        progress.finish()
+    if pipeline.error is not None:
+        raise click.ClickException(str(pipeline.error))
+    if completed and not dry_run:
+        removed = remove_missing(index, roots)
+        if removed:
+            click.echo(f"removed {len(removed)} photos no longer on disk from the index", err=True)
+    index.close()
+    click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)
+    if not completed:
+        sys.exit(130)
+
+
+def _count_into(progress: Progress, roots: list[Path]) -> None:
+    progress.total = count_photos(roots)
+
+
+def _feed(pipeline: Pipeline, roots: list[Path]) -> bool:
+    """Walk and submit; on Ctrl-C finish the batch in flight. True when every photo was handled."""
+    try:
+        for path in walk_photos(roots):
+            if not pipeline.submit(path):
+                break
+        pipeline.close()
+        return pipeline.error is None
+    except KeyboardInterrupt:
+        click.echo("\nstopping: finishing the batch in flight (Ctrl-C again to quit at once)", err=True)
+        # a second Ctrl-C exits at once; safe writes mean no photo is left half-written
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        pipeline.stop()
+        pipeline.join()
+        return False

@@ -1,0 +1,38 @@
+"""Option stacks shared by commands that run the captioning pipeline (backfill, watch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from phototag.cli import AppContext
+from phototag.config import Settings
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--model", help="Hub id or local folder of a BLIP captioning model."),
+        click.option("--prompt", help='Conditional prefix, e.g. "a photography of" (stripped from the caption).'),
+        click.option("--batch-size", type=click.IntRange(1, 1024), help="Photos per model call."),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Model precision."),
+        click.option("--overwrite", is_flag=True, default=None,
+                     help="Replace descriptions a person wrote (kept by default)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
+    app.with_overrides(
+        "model",
+        name=values.pop("model", None),
+        prompt=values.pop("prompt", None),
+        batch_size=values.pop("batch_size", None),
+        device=values.pop("device", None),
+        dtype=values.pop("dtype", None),
+    )
+    return app.with_overrides("metadata", overwrite=values.pop("overwrite", None))

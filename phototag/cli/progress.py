@@ -1,0 +1,93 @@
+"""Progress on stderr: counts, rate and ETA; a live line on a terminal, a periodic line elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+
+from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SKIPPED, WOULD_WRITE, Outcome
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class Progress:
+    def __init__(self, enabled: bool = True, interval: float = 10.0) -> None:
+        self.counts: Counter[str] = Counter()
+        self.failures: list[tuple[str, str]] = []
+        self.total: int | None = None
+        self.enabled = enabled
+        self._tty = sys.stderr.isatty()
+        self._interval = 0.2 if self._tty else interval
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+        self._work_start: float | None = None
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def __call__(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.counts[outcome.kind] += 1
+            if outcome.kind == FAILED_OUTCOME:
+                self.failures.append((str(outcome.path), outcome.reason or "failed"))
+                if self.enabled:
+                    self._clear()
+                    print(f"failed: {outcome.path}: {outcome.reason}", file=sys.stderr)
+            if outcome.kind in (CAPTIONED, WOULD_WRITE) and self._work_start is None:
+                self._work_start = time.monotonic()
+            self._draw()
+
+    def _clear(self) -> None:
+        if self._tty:
+            sys.stderr.write("\r\033[K")
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last_draw < self._interval):
+            return
+        self._last_draw = now
+        line = self.line()
+        if self._tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def line(self) -> str:
+        done = self.done
+        captioned = self.counts[CAPTIONED] + self.counts[WOULD_WRITE]
+        elapsed = time.monotonic() - self._start
+        busy = time.monotonic() - self._work_start if self._work_start else 0.0
+        rate = captioned / busy if busy > 0 else 0.0
+        total = f"/{self.total}" if self.total is not None else ""
+        text = f"{done}{total} photos  {rate:.2f} captions/s  elapsed {_duration(elapsed)}"
+        if self.total is not None and rate > 0:
+            text += f"  ETA {_duration(max(0, self.total - done) / rate)}"
+        return text
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._draw(force=True)
+            if self._tty:
+                sys.stderr.write("\n")
+
+    def summary(self) -> str:
+        c = self.counts
+        parts = [
+            f"captioned {c[CAPTIONED]}",
+            f"kept human captions {c[HUMAN]}",
+            f"skipped (unchanged) {c[SKIPPED]}",
+            f"moved {c[MOVED]}",
+            f"failed {c[FAILED_OUTCOME]}",
+        ]
+        if c[WOULD_WRITE]:
+            parts.insert(0, f"would caption {c[WOULD_WRITE]}")
+        return ", ".join(parts)

@@ -1,0 +1,542 @@
+"""The one path every photo takes: plan -> decode -> caption -> write metadata -> index.
+
+Sources (the backfill walker, the watch daemon) call :meth:`Pipeline.submit` with paths. Inside:
+
+- ``plan`` + ``decode`` run on a few worker threads: skip what the index already has, read the
+  photo's current metadata, keep a person's description, else decode and preprocess for the model;
+- ``caption`` runs on one thread that holds the model and batches whatever is queued;
+- ``write`` runs on one thread: metadata through exiftool (safe write), then the index row.
+
+Queues between stages are bounded, so memory does not grow with the library. A photo's row says
+``done`` only after its metadata write succeeded. Before a write, the planned caption is committed
+on the ``pending`` row, so after a crash the next run can tell its own half-finished work from a
+person's description. A dry run swaps the write stage for one that only reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from phototag.captioner import Captioner, ModelLoadError
+from phototag.config import Settings
+from phototag.imaging import ImageError, is_raw_path, load_rgb
+from phototag.index import (
+    DONE,
+    FAILED,
+    PENDING,
+    SOURCE_HUMAN,
+    SOURCE_MODEL,
+    Photo,
+    PhotoIndex,
+    content_hash,
+)
+from phototag.keywords import keywords_from_caption
+from phototag.metadata import ExifToolSession, ExistingMetadata, MetadataError
+
+log = logging.getLogger(__name__)
+
+# Outcome kinds reported to the caller.
+CAPTIONED = "captioned"
+HUMAN = "human"
+SKIPPED = "skipped"
+MOVED = "moved"
+FAILED_OUTCOME = "failed"
+WOULD_WRITE = "would-write"
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: Path
+    kind: str
+    caption: str | None = None
+    reason: str | None = None
+    old_description: str | None = None
+    written_to: str | None = None
+
+
+@dataclass
+class Task:
+    path: Path
+    size: int
+    mtime_ns: int
+    digest: str
+    existing: ExistingMetadata
+    pixels: Any = None
+    caption: str | None = None
+    source: str = SOURCE_MODEL
+    reason: str | None = None
+    confirm_only: bool = False
+    keywords: tuple[str, ...] = field(default_factory=tuple)
+
+
+class WriteStage(Protocol):
+    def handle(self, tasks: Sequence[Task]) -> list[Outcome]: ...
+
+
+class Pipeline:
+    """Threads and queues for one run (a backfill, or a daemon's lifetime)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        index: PhotoIndex,
+        exiftool: ExifToolSession,
+        *,
+        captioner_factory: Callable[[], Captioner] | None = None,
+        dry_run: bool = False,
+        retry_failed: bool = False,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.exiftool = exiftool
+        self.dry_run = dry_run
+        self.retry_failed = retry_failed
+        self.overwrite = settings.metadata.overwrite
+        self._captioner_factory = captioner_factory or (lambda: Captioner(settings.model))
+        self._on_outcome = on_outcome or (lambda outcome: None)
+        self.captioner: Captioner | None = None
+        self.error: BaseException | None = None
+        workers = max(1, settings.pipeline.decode_workers)
+        batch = max(1, settings.model.batch_size or 4)
+        depth = batch * max(1, settings.pipeline.queue_batches)
+        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=depth * 2)
+        self._to_model: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._to_writer: queue.Queue[Any] = queue.Queue(maxsize=depth * 2)
+        self._model_ready = threading.Event()
+        self._stopping = threading.Event()
+        self._workers_left = workers
+        self._workers_lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        self._writer: WriteStage = ReportWrites() if dry_run else MetadataWrites(self)
+        self._threads = [
+            threading.Thread(target=self._decode_loop, name=f"phototag-decode-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._threads.append(threading.Thread(target=self._caption_loop, name="phototag-caption", daemon=True))
+        self._threads.append(threading.Thread(target=self._write_loop, name="phototag-write", daemon=True))
+        self._started = False
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def start(self) -> Pipeline:
+        if not self._started:
+            self._started = True
+            for thread in self._threads:
+                thread.start()
+        return self
+
+    def submit(self, path: Path) -> bool:
+        """Queue a photo; blocks while the pipeline is full. False once the pipeline is stopping."""
+        key = str(path)
+        with self._in_flight_lock:
+            if key in self._in_flight:
+                return True
+            self._in_flight.add(key)
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put(path, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        self._done_with(key)
+        return False
+
+    def queued(self) -> int:
+        with self._in_flight_lock:
+            return len(self._in_flight)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """No more input: let queued work finish. True when every thread ended within ``timeout``."""
+        for _ in range(len(self._threads) - 2):
+            while not self._stopping.is_set():
+                try:
+                    self._inbox.put(_STOP, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        return self.join(timeout)
+
+    def stop(self) -> None:
+        """Finish the batch in flight and what is already captioned; drop what was not started."""
+        self._stopping.set()
+        self._model_ready.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _done_with(self, key: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(key)
+
+    def _report(self, outcome: Outcome) -> None:
+        self._done_with(str(outcome.path))
+        try:
+            self._on_outcome(outcome)
+        except Exception:  # a broken progress callback must not stop the pipeline
+            log.exception("outcome callback failed")
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop()
+
+    # -- stage 1: plan + decode ------------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    item = self._inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    break
+                try:
+                    self._plan_and_decode(item)
+                except Exception as exc:  # one bad file never stops the run
+                    log.debug("unexpected error on %s", item, exc_info=True)
+                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"unexpected error: {exc}"))
+        finally:
+            with self._workers_lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._to_model.put(_STOP)
+
+    def _plan_and_decode(self, path: Path) -> None:
+        task = self.plan(path)
+        if task is None:
+            return
+        if task.source == SOURCE_HUMAN or task.confirm_only or task.reason:
+            self._to_writer.put([task])
+            return
+        self._model_ready.wait()
+        if self._stopping.is_set() or self.captioner is None:
+            self._done_with(str(path))
+            return
+        try:
+            image = load_rgb(
+                path,
+                min_side=self.captioner.input_size,
+                draft=self.settings.model.draft_decode,
+                preview=self._raw_preview(path),
+            )
+            task.pixels = self.captioner.preprocess(image)
+        except ImageError as exc:
+            task.reason = str(exc)
+            self._to_writer.put([task])
+            return
+        self._to_model.put(task)
+
+    def _raw_preview(self, path: Path) -> bytes | None:
+        """RAW files are captioned from their embedded JPEG preview (None: let Pillow try the file)."""
+        return self.exiftool.preview(path) if is_raw_path(path) else None
+
+    def plan(self, path: Path) -> Task | None:
+        """Decide what a photo needs; None when nothing (reported as skipped or moved)."""
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            self._done_with(str(path))
+            return None
+        row = self.index.get(path)
+        if row is not None and row.status in (DONE, FAILED) and self._unchanged(row, stat):
+            if row.status == DONE or not self.retry_failed:
+                self._report(Outcome(path, SKIPPED, caption=row.caption))
+                return None
+        try:
+            digest = content_hash(path)
+        except OSError as exc:
+            self._report(Outcome(path, FAILED_OUTCOME, reason=f"cannot read file: {exc.strerror or exc}"))
+            return None
+        if row is None and (moved := self._moved_from(digest)) is not None:
+            if not self.dry_run:
+                self._update(moved.id, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            self._report(Outcome(path, MOVED, caption=moved.caption, reason=f"moved from {moved.path}"))
+            return None
+        if row is not None and row.status == FAILED and row.content_hash == digest and not self.retry_failed:
+            self._refresh(row, stat, digest)
+            self._report(Outcome(path, SKIPPED, caption=row.caption))
+            return None
+        try:
+            existing = self.exiftool.read(path)
+        except MetadataError as exc:
+            existing = ExistingMetadata(None, (), {})
+            task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing, reason=str(exc))
+            self._mark_pending(task, row)
+            return task
+        task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing)
+        ours = row is not None and row.caption is not None and existing.description == row.caption
+        if ours and row is not None:
+            same_model = row.caption_source == SOURCE_HUMAN or (
+                row.model_name == self.settings.model.name and (row.prompt or "") == self.settings.model.prompt
+            )
+            if row.status == PENDING:
+                task.caption, task.source, task.confirm_only = row.caption, row.caption_source or SOURCE_MODEL, True
+                task.keywords = tuple(row.keywords.split())
+                return task
+            if same_model and not self.overwrite:
+                self._refresh(row, stat, digest)
+                self._report(Outcome(path, SKIPPED, caption=row.caption))
+                return None
+        if existing.description and not ours and not self.overwrite:
+            task.caption, task.source = existing.description, SOURCE_HUMAN
+            task.keywords = existing.keywords
+        self._mark_pending(task, row)
+        return task
+
+    @staticmethod
+    def _unchanged(row: Photo, stat: os.stat_result) -> bool:
+        return row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns
+
+    def _moved_from(self, digest: str) -> Photo | None:
+        with self.index.session() as session:
+            candidates = session.scalars(
+                select(Photo).where(Photo.content_hash == digest, Photo.status == DONE)
+            ).all()
+        for candidate in candidates:
+            if not os.path.exists(candidate.path):
+                return candidate
+        return None
+
+    def _update(self, row_id: int, **values: Any) -> None:
+        with self.index.transaction() as session:
+            row = session.get(Photo, row_id)
+            if row is not None:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    def _refresh(self, row: Photo, stat: os.stat_result, digest: str) -> None:
+        if not self.dry_run and (row.size, row.mtime_ns, row.content_hash) != (
+            stat.st_size,
+            stat.st_mtime_ns,
+            digest,
+        ):
+            self._update(row.id, size=stat.st_size, mtime_ns=stat.st_mtime_ns, content_hash=digest)
+
+    def _mark_pending(self, task: Task, row: Photo | None) -> None:
+        """Record the photo as queued work (the daemon resumes pending rows after a crash)."""
+        if self.dry_run:
+            return
+        with self.index.transaction() as session:
+            current = session.get(Photo, row.id) if row is not None else None
+            if current is None:
+                current = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns)
+                session.add(current)
+            current.status = PENDING
+            current.size, current.mtime_ns, current.content_hash = task.size, task.mtime_ns, task.digest
+            current.failure_reason = None
+            if current.original_metadata is None and task.existing.original:
+                import json
+
+                current.original_metadata = json.dumps(task.existing.original, ensure_ascii=False)
+
+    # -- stage 2: caption ------------------------------------------------------------------------
+
+    def _caption_loop(self) -> None:
+        try:
+            self.captioner = self._captioner_factory()
+        except ModelLoadError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._fail(ModelLoadError(f"cannot load model {self.settings.model.name!r}: {exc}"))
+        finally:
+            self._model_ready.set()
+        try:
+            finished = False
+            while not finished:
+                batch, finished = self._next_batch()
+                if batch and not self._stopping.is_set():
+                    self._to_writer.put(self._caption_batch(batch))
+                for task in batch if self._stopping.is_set() else ():
+                    self._done_with(str(task.path))  # dropped: never started, still pending
+        finally:
+            self._to_writer.put(_STOP)
+
+    def _next_batch(self) -> tuple[list[Task], bool]:
+        size = self.captioner.batch_size if self.captioner else 1
+        first = self._to_model.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < size:
+            try:
+                item = self._to_model.get(timeout=0.05)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _caption_batch(self, batch: list[Task]) -> list[Task]:
+        assert self.captioner is not None
+        try:
+            captions = self.captioner.caption([task.pixels for task in batch])
+        except Exception as exc:  # e.g. out of memory: fail this batch, keep the run going
+            log.warning("captioning a batch of %d failed: %s", len(batch), exc)
+            captions = [None] * len(batch)
+            for task in batch:
+                task.reason = f"model failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        for task, caption in zip(batch, captions, strict=True):
+            task.pixels = None
+            if task.reason:
+                continue
+            if not caption:
+                task.reason = "the model produced an empty caption"
+            else:
+                task.caption = caption
+                task.keywords = keywords_from_caption(caption)
+        return batch
+
+    # -- stage 3: write --------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._to_writer.get()
+            if item is _STOP:
+                break
+            tasks: list[Task] = list(item)
+            while len(tasks) < 64:  # gather what is ready, to commit the index in batches
+                try:
+                    more = self._to_writer.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._write(tasks)
+                    return
+                tasks.extend(more)
+            self._write(tasks)
+
+    def _write(self, tasks: list[Task]) -> None:
+        try:
+            outcomes = self._writer.handle(tasks)
+        except Exception as exc:
+            log.exception("writing results failed")
+            self._fail(exc)
+            outcomes = [Outcome(t.path, FAILED_OUTCOME, reason=f"index write failed: {exc}") for t in tasks]
+        for outcome in outcomes:
+            self._report(outcome)
+
+
+class MetadataWrites:
+    """The real write stage: caption into the photo (or sidecar), then the index row."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.index = pipeline.index
+        self.exiftool = pipeline.exiftool
+        self.model = pipeline.settings.model
+
+    def handle(self, tasks: Sequence[Task]) -> list[Outcome]:
+        to_write = [t for t in tasks if t.caption and not t.reason and t.source == SOURCE_MODEL and not t.confirm_only]
+        # 1. commit the planned captions, so a crash mid-write is recognised on the next run
+        with self.index.transaction() as session:
+            for task in to_write:
+                row = self._row(session, task)
+                row.caption, row.caption_source, row.keywords = task.caption, SOURCE_MODEL, " ".join(task.keywords)
+                row.model_name, row.prompt = self.model.name, self.model.prompt
+        # 2. write the files
+        results: dict[int, tuple[str, str | None]] = {}
+        for i, task in enumerate(to_write):
+            try:
+                written = self.exiftool.write(task.path, task.caption or "", task.keywords)
+                results[i] = ("ok", str(written.target) if written.kind == "sidecar" else "embedded")
+            except MetadataError as exc:
+                results[i] = ("failed", str(exc))
+        # 3. record the outcome of every task
+        outcomes: list[Outcome] = []
+        written_ids = {id(t): i for i, t in enumerate(to_write)}
+        with self.index.transaction() as session:
+            for task in tasks:
+                row = self._row(session, task)
+                if task.reason:
+                    outcomes.append(self._failed(row, task, task.reason))
+                    continue
+                if id(task) in written_ids:
+                    status, detail = results[written_ids[id(task)]]
+                    if status == "failed":
+                        row.caption, row.keywords = None, ""
+                        outcomes.append(self._failed(row, task, detail or "metadata write failed"))
+                        continue
+                    row.written_to = detail
+                    self._restat(row, task)
+                    kind = CAPTIONED
+                else:
+                    row.caption, row.caption_source = task.caption, task.source
+                    row.keywords = " ".join(task.keywords)
+                    if task.source == SOURCE_HUMAN:
+                        row.model_name, row.prompt, row.written_to = None, None, None
+                    kind = HUMAN if task.source == SOURCE_HUMAN else CAPTIONED
+                row.status, row.failure_reason, row.captioned_at = DONE, None, time.time()
+                outcomes.append(
+                    Outcome(
+                        task.path,
+                        kind,
+                        caption=task.caption,
+                        old_description=task.existing.description,
+                        written_to=row.written_to,
+                    )
+                )
+        return outcomes
+
+    @staticmethod
+    def _row(session: Any, task: Task) -> Photo:
+        row = session.scalar(select(Photo).where(Photo.path == str(task.path)))
+        if row is None:  # the row is made at plan time; this covers a row deleted meanwhile
+            row = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns, content_hash=task.digest)
+            session.add(row)
+        return row
+
+    @staticmethod
+    def _failed(row: Photo, task: Task, reason: str) -> Outcome:
+        row.status, row.failure_reason = FAILED, reason
+        return Outcome(task.path, FAILED_OUTCOME, reason=reason)
+
+    @staticmethod
+    def _restat(row: Photo, task: Task) -> None:
+        """After our own write the file has a new size, mtime and hash: remember them."""
+        try:
+            stat = os.stat(task.path)
+            row.size, row.mtime_ns, row.content_hash = stat.st_size, stat.st_mtime_ns, content_hash(task.path)
+        except OSError:
+            pass
+
+
+class ReportWrites:
+    """The dry-run write stage: say what would be written; touch neither photos nor index."""
+
+    def handle(self, tasks: Sequence[Task]) -> list[Outcome]:
+        outcomes = []
+        for task in tasks:
+            if task.reason:
+                outcomes.append(Outcome(task.path, FAILED_OUTCOME, reason=task.reason))
+            elif task.source == SOURCE_HUMAN:
+                outcomes.append(Outcome(task.path, HUMAN, caption=task.caption))
+            else:
+                outcomes.append(
+                    Outcome(task.path, WOULD_WRITE, caption=task.caption, old_description=task.existing.description)
+                )
+        return outcomes
