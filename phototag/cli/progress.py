@@ -27,7 +27,6 @@ class Progress:
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self._last_draw = 0.0
-        self._work_start: float | None = None
 
     @property
     def done(self) -> int:
@@ -41,8 +40,6 @@ class Progress:
                 if self.enabled:
                     self._clear()
                     print(f"failed: {outcome.path}: {outcome.reason}", file=sys.stderr)
-            if outcome.kind in (CAPTIONED, WOULD_WRITE) and self._work_start is None:
-                self._work_start = time.monotonic()
             self._draw()
 
     def _clear(self) -> None:
@@ -65,8 +62,7 @@ class Progress:
         done = self.done
         captioned = self.counts[CAPTIONED] + self.counts[WOULD_WRITE]
         elapsed = time.monotonic() - self._start
-        busy = time.monotonic() - self._work_start if self._work_start else 0.0
-        rate = captioned / busy if busy > 0 else 0.0
+        rate = captioned / elapsed if elapsed > 0 else 0.0
         total = f"/{self.total}" if self.total is not None else ""
         text = f"{done}{total} photos  {rate:.2f} captions/s  elapsed {_duration(elapsed)}"
         if self.total is not None and rate > 0:
