@@ -1,0 +1,5 @@
+"""``python -m phototag`` runs the command line."""
+
+from phototag.cli import main
+
+main()
