@@ -103,6 +103,7 @@ class Captioner:
         self._lock = threading.Lock()
         self._prompt_ids: torch.Tensor | None = None
         self._prefix_len = 1  # the [DEC] bos token the decoder starts from
+        self._pad_id = self.processor.tokenizer.pad_token_id
         if settings.prompt:
             ids = self.processor.tokenizer(settings.prompt, return_tensors="pt").input_ids
             self._prompt_ids = ids
@@ -136,13 +137,21 @@ class Captioner:
                 kwargs["input_ids"] = ids
                 kwargs["attention_mask"] = torch.ones_like(ids)
             out = self.model.generate(**kwargs)
-        return [row[self._prefix_len :].tolist() for row in out.cpu()]
+        return [_strip_padding(row[self._prefix_len :].tolist(), self._pad_id) for row in out.cpu()]
 
     def decode(self, ids: Sequence[int]) -> str:
         return clean_caption(self.processor.decode(ids, skip_special_tokens=True))
 
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(pixels)]
+
+
+def _strip_padding(ids: list[int], pad_id: int | None) -> list[int]:
+    """Drop the padding a batch adds after a caption that ended early (a lone run is not padded)."""
+    end = len(ids)
+    while pad_id is not None and end > 0 and ids[end - 1] == pad_id:
+        end -= 1
+    return ids[:end]
 
 
 def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
     from transformers.models.blip import BlipImageProcessorPil
 
     folder.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = specials + list(dict.fromkeys(WORDS))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"))
