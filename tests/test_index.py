@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from phototag.index import DONE, Photo, PhotoIndex, content_hash, remove_missing
+
+
+def add(index: PhotoIndex, path: str, caption: str, status: str = DONE) -> None:
+    with index.transaction() as session:
+        session.add(Photo(path=path, size=1, mtime_ns=1, status=status, caption=caption, keywords=""))
+
+
+def test_pragmas(tmp_path: Path) -> None:
+    index = PhotoIndex(tmp_path / "i.db")
+    with index.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_fts_follows_updates_and_deletes(tmp_path: Path) -> None:
+    index = PhotoIndex(tmp_path / "i.db")
+    add(index, "/p/a.jpg", "a dog on the beach")
+    add(index, "/p/b.jpg", "a cat on a sofa")
+    add(index, "/p/c.jpg", "a dog in the snow", status="pending")
+    assert [h.path for h in index.search("dog")] == ["/p/a.jpg"]  # pending rows are not results
+    with index.transaction() as session:
+        row = session.scalar(select(Photo).where(Photo.path == "/p/a.jpg"))
+        row.caption = "a horse in a field"
+    assert index.search("dog") == []
+    assert [h.path for h in index.search("horses")] == ["/p/a.jpg"]
+    with index.transaction() as session:
+        session.delete(session.scalar(select(Photo).where(Photo.path == "/p/b.jpg")))
+    assert index.search("cat") == []
+
+
+def test_all_words_rank_before_some_words(tmp_path: Path) -> None:
+    index = PhotoIndex(tmp_path / "i.db")
+    add(index, "/p/1.jpg", "a beach with umbrellas")
+    add(index, "/p/2.jpg", "a dog running on the beach")
+    add(index, "/p/3.jpg", "a dog sleeping")
+    hits = [h.path for h in index.search("dog on beach")]
+    assert hits[0] == "/p/2.jpg" and set(hits) == {"/p/1.jpg", "/p/2.jpg", "/p/3.jpg"}
+    assert [h.path for h in index.search("dog on beach", limit=1)] == ["/p/2.jpg"]
+
+
+def test_remove_missing_only_under_the_folder(tmp_path: Path) -> None:
+    index = PhotoIndex(tmp_path / "i.db")
+    kept = tmp_path / "lib" / "kept.jpg"
+    kept.parent.mkdir()
+    kept.write_bytes(b"x")
+    add(index, str(kept), "x")
+    add(index, str(tmp_path / "lib" / "gone.jpg"), "x")
+    add(index, str(tmp_path / "lib_other" / "gone.jpg"), "x")  # a sibling folder sharing the prefix
+    add(index, str(tmp_path / "l_b" / "gone.jpg"), "x")  # LIKE wildcards in the prefix are escaped
+    assert remove_missing(index, [tmp_path / "lib"]) == [str(tmp_path / "lib" / "gone.jpg")]
+    assert len(index.counts()) and sum(index.counts().values()) == 3
+
+
+def test_content_hash_sees_head_and_tail(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 3_000_000)
+    first = content_hash(path)
+    path.write_bytes(b"a" * 2_999_999 + b"b")
+    assert content_hash(path) != first
