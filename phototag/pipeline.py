@@ -4,13 +4,15 @@ Sources (the backfill walker, the watch daemon) call :meth:`Pipeline.submit` wit
 
 - ``plan`` + ``decode`` run on a few worker threads: skip what the index already has, read the
   photo's current metadata, keep a person's description, else decode and preprocess for the model;
-- ``caption`` runs on one thread that holds the model and batches whatever is queued;
+- ``caption`` runs on one thread that holds the model (loaded when the first photo needs it) and
+  batches whatever is queued;
 - ``write`` runs on one thread: metadata through exiftool (safe write), then the index row.
 
 Queues between stages are bounded, so memory does not grow with the library. A photo's row says
 ``done`` only after its metadata write succeeded. Before a write, the planned caption is committed
 on the ``pending`` row, so after a crash the next run can tell its own half-finished work from a
-person's description. A dry run swaps the write stage for one that only reports.
+person's description, and writes that caption without running the model again. A dry run swaps
+the write stage for one that only reports.
 """
 
 from __future__ import annotations

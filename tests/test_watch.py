@@ -412,7 +412,7 @@ def caught_up(db: Path, proc: subprocess.Popen[bytes], log: Path) -> bool:
     return daemon["running"] and daemon.get("pid") == proc.pid and daemon.get("caught_up")
 
 
-def test_sigkill_restart_and_sigterm(tmp_path: Path, tiny_model: Path, staged: list[Path]) -> None:
+def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: Path, staged: list[Path]) -> None:
     lib, db, log = tmp_path / "lib", tmp_path / "data" / "index.sqlite3", tmp_path / "daemon.log"
     lib.mkdir()
     config = tmp_path / "config.toml"
@@ -420,7 +420,8 @@ def test_sigkill_restart_and_sigterm(tmp_path: Path, tiny_model: Path, staged: l
         f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
         f'[index]\ndb = "{db}"\n[watch]\nsettle_seconds = {SETTLE}\nrescan_interval = 0\nstop_timeout = 20\n'
     )
-    burst, late = staged[:30], staged[30:33]
+    burst, late, later = staged[:30], staged[30:33], staged[33:36]
+    everything = burst + late + later
     spy = WriteSpy(lib)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -452,35 +453,45 @@ def test_sigkill_restart_and_sigterm(tmp_path: Path, tiny_model: Path, staged: l
         wait_for(lambda: done_count(db) > done_at_kill, what="progress after the restart")
         second.send_signal(signal.SIGTERM)
         assert second.wait(20 + 10) == 0  # stop_timeout plus the interpreter's exit
-        after_term = rows(db)
-        for path, row in after_term.items():  # the index never claims what is not on disk
+        for path, row in rows(db).items():  # the index never claims what is not on disk
             if row.status == "done":
                 assert description(Path(path)) == row.caption, path
         assert status(config)["daemon"]["running"] is False and status(config)["daemon"]["died"] is False
 
-        # 3. a third start finishes the rest, then stops on SIGTERM while idle
+        # 3. Ctrl-C twice while work is in flight: quit at once (exit 130), no photo damaged
+        for photo in later:
+            shutil.copyfile(photo, lib / photo.name)
+        done_before = done_count(db)
         third = start_daemon(config, lib, log)
         procs.append(third)
-        total = len(burst) + len(late)
-        wait_for(lambda: done_count(db) == total, timeout=90, what=f"{total} captions")
+        wait_for(lambda: done_count(db) > done_before, what="the third daemon at work")
+        third.send_signal(signal.SIGINT)
+        wait_for(lambda: "SIGINT: finishing the batch in flight" in log.read_text(), what="the first SIGINT")
+        third.send_signal(signal.SIGINT)
+        assert third.wait(10) == 130
+
+        # 4. a fourth start finishes the rest, then stops on SIGTERM while idle
+        fourth = start_daemon(config, lib, log)
+        procs.append(fourth)
+        wait_for(lambda: done_count(db) == len(everything), timeout=90, what=f"{len(everything)} captions")
         time.sleep(SETTLE * 3)
-        third.send_signal(signal.SIGTERM)
-        assert third.wait(30) == 0
+        fourth.send_signal(signal.SIGTERM)
+        assert fourth.wait(30) == 0
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
         spy.stop()
     final = rows(db)
-    assert sorted(final) == sorted(str(lib / p.name) for p in burst + late), log.read_text()
+    assert sorted(final) == sorted(str(lib / p.name) for p in everything), log.read_text()
     assert all(row.status == "done" and row.caption_source == "model" for row in final.values())
-    assert dict(spy.writes) == {path: 1 for path in final}  # none written twice, across the kill
-    for photo in burst + late:
+    assert dict(spy.writes) == {path: 1 for path in final}  # none written twice, across kill and restarts
+    for photo in everything:
         target = lib / photo.name
         assert description(target) == final[str(target)].caption
         assert pixels(target) == pixels(photo)  # none damaged
     assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(
-        p.name for p in burst + late)
+        p.name for p in everything)
     # one log line per captioned photo; none twice (a kill may cost a line, never add one)
     logged = Counter(line.split(" INFO captioned ")[1].split(": ")[0]
                      for line in log.read_text().splitlines() if " INFO captioned " in line)

@@ -77,8 +77,11 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         )
     except MetadataError as exc:
         raise click.ClickException(str(exc)) from None
-    daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock).start()
-
+    daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
+    watch = settings.watch
+    log.info("watching %s (settle %gs, rescan %s, index %s)", ", ".join(map(str, daemon.roots)),
+             watch.settle_seconds, f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
+             settings.db_path())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -89,10 +92,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    watch = settings.watch
-    log.info("watching %s (settle %gs, rescan %s, index %s)", ", ".join(map(str, daemon.roots)),
-             watch.settle_seconds, f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
-             settings.db_path())
+    daemon.start()
     while not stop.wait(0.5):
         if daemon.error is not None:
             break
