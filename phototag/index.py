@@ -252,3 +252,21 @@ def remove_missing(index: PhotoIndex, folders: Sequence[Path]) -> list[str]:
                 removed.append(row.path)
                 session.delete(row)
     return removed
+
+
+def remove_missing_paths(index: PhotoIndex, paths: Sequence[Path]) -> list[str]:
+    """Delete the rows of ``paths`` (a file's row, or every row under a folder) whose file is gone.
+
+    The watch daemon's answer to delete events: unlike :func:`remove_missing` it touches only the rows
+    an event named, not every row under a watched folder. Returns the removed paths.
+    """
+    removed: list[str] = []
+    with index.transaction() as session:
+        for path in paths:
+            rows = [session.scalar(select(Photo).where(Photo.path == str(path)))]
+            rows += list(photos_under(session, [path]))
+            for row in rows:
+                if row is not None and not os.path.lexists(row.path):
+                    removed.append(row.path)
+                    session.delete(row)
+    return removed

@@ -4,13 +4,15 @@ Sources (the backfill walker, the watch daemon) call :meth:`Pipeline.submit` wit
 
 - ``plan`` + ``decode`` run on a few worker threads: skip what the index already has, read the
   photo's current metadata, keep a person's description, else decode and preprocess for the model;
-- ``caption`` runs on one thread that holds the model and batches whatever is queued;
+- ``caption`` runs on one thread that holds the model (loaded when the first photo needs it) and
+  batches whatever is queued;
 - ``write`` runs on one thread: metadata through exiftool (safe write), then the index row.
 
 Queues between stages are bounded, so memory does not grow with the library. A photo's row says
 ``done`` only after its metadata write succeeded. Before a write, the planned caption is committed
 on the ``pending`` row, so after a crash the next run can tell its own half-finished work from a
-person's description. A dry run swaps the write stage for one that only reports.
+person's description, and writes that caption without running the model again. A dry run swaps
+the write stage for one that only reports.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class Pipeline:
         self._to_model: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._to_writer: queue.Queue[Any] = queue.Queue(maxsize=depth * 2)
         self._model_ready = threading.Event()
+        self._model_wanted = threading.Event()  # set by the first photo that needs the model
         self._stopping = threading.Event()
         self._workers_left = workers
         self._workers_lock = threading.Lock()
@@ -229,9 +232,10 @@ class Pipeline:
         task = self.plan(path)
         if task is None:
             return
-        if task.source == SOURCE_HUMAN or task.confirm_only or task.reason:
+        if task.source == SOURCE_HUMAN or task.confirm_only or task.reason or task.caption is not None:
             self._to_writer.put([task])
             return
+        self._model_wanted.set()
         self._model_ready.wait()
         if self._stopping.is_set() or self.captioner is None:
             self._done_with(str(path))
@@ -301,11 +305,27 @@ class Pipeline:
                 self._refresh(row, stat, digest)
                 self._report(Outcome(path, SKIPPED, caption=row.caption))
                 return None
+        if row is not None and not ours and self._planned_and_unwritten(row, digest, existing):
+            # a crash came between committing this caption and writing the file: write it, no new inference
+            task.caption, task.source, task.keywords = row.caption, SOURCE_MODEL, tuple(row.keywords.split())
+            return task
         if existing.description and not ours and not self.overwrite:
             task.caption, task.source = existing.description, SOURCE_HUMAN
             task.keywords = existing.keywords
         self._mark_pending(task, row)
         return task
+
+    def _planned_and_unwritten(self, row: Photo, digest: str, existing: ExistingMetadata) -> bool:
+        """A pending row holding a model caption for exactly this content (same model and prompt)."""
+        return (
+            row.status == PENDING
+            and bool(row.caption)
+            and row.caption_source == SOURCE_MODEL
+            and row.content_hash == digest
+            and row.model_name == self.settings.model.name
+            and (row.prompt or "") == self.settings.model.prompt
+            and (not existing.description or self.overwrite)
+        )
 
     @staticmethod
     def _unchanged(row: Photo, stat: os.stat_result) -> bool:
@@ -357,7 +377,8 @@ class Pipeline:
 
     def _caption_loop(self) -> None:
         try:
-            self.captioner = self._captioner_factory()
+            if self._model_needed():
+                self.captioner = self._captioner_factory()
         except ModelLoadError as exc:
             self._fail(exc)
         except Exception as exc:
@@ -374,6 +395,13 @@ class Pipeline:
                     self._done_with(str(task.path))  # dropped: never started, still pending
         finally:
             self._to_writer.put(_STOP)
+
+    def _model_needed(self) -> bool:
+        """Wait until a photo needs the model: a daemon watching a quiet library never loads it."""
+        while not self._model_wanted.wait(0.2):
+            if self._stopping.is_set() or self._workers_left == 0:
+                return False
+        return not self._stopping.is_set()
 
     def _next_batch(self) -> tuple[list[Task], bool]:
         size = self.captioner.batch_size if self.captioner else 1

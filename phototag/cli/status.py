@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 import click
 
 from phototag.cli import AppContext, pass_app
+from phototag.daemon import daemon_status
 from phototag.index import PhotoIndex
 
 
@@ -16,7 +19,8 @@ from phototag.index import PhotoIndex
               help="How many failed photos to list (0: all).")
 @pass_app
 def command(app: AppContext, as_json: bool, failures: int) -> None:
-    """Counts by status (done, pending, failed), and the failed photos with their reasons.
+    """Counts by status (done, pending, failed), the failed photos with their reasons, and whether a
+    `phototag watch` daemon is running on this index (its queue and last error).
 
     \b
     Examples:
@@ -26,7 +30,7 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
     db = app.settings.db_path()
     if not db.exists():
         if as_json:
-            click.echo(json.dumps({"index": str(db), "exists": False}))
+            click.echo(json.dumps({"index": str(db), "exists": False, "daemon": daemon_status(db)}))
         else:
             click.echo(f"no index yet at {db}: run 'phototag backfill PATH' first")
         return
@@ -39,15 +43,38 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "counts": counts,
             "total": sum(counts.values()),
             "failed": [{"path": row.path, "reason": row.failure_reason} for row in failed],
+            "daemon": daemon_status(db),
         }
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(f"index: {db}")
     click.echo(f"photos: {sum(counts.values())}  done: {counts['done']}  pending: {counts['pending']}  "
                f"failed: {counts['failed']}")
+    click.echo(_daemon_line(daemon_status(db)))
     if failed:
         click.echo("failed:")
         for row in failed:
             click.echo(f"  {row.path}: {row.failure_reason}")
         if counts["failed"] > len(failed):
             click.echo(f"  ... and {counts['failed'] - len(failed)} more (--failures 0 lists all)")
+
+
+def _when(epoch: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if isinstance(epoch, int | float) else "?"
+
+
+def _daemon_line(daemon: dict[str, Any]) -> str:
+    if daemon["running"]:
+        line = (f"daemon: running (pid {daemon.get('pid')}, since {_when(daemon.get('started_at'))}), "
+                f"queue: {daemon.get('queue', 0)}, watching: {', '.join(daemon.get('folders', []))}")
+    elif daemon.get("died"):
+        line = (f"daemon: not running; pid {daemon.get('pid')} died without stopping "
+                f"(last seen {_when(daemon.get('updated_at'))}); its pending photos resume on the next start")
+    elif "stopped_at" in daemon:
+        line = f"daemon: not running (stopped {_when(daemon.get('stopped_at'))})"
+    else:
+        line = "daemon: not running"
+    error = daemon.get("last_error")
+    if error:
+        line += f"\n  last error ({_when(error.get('at'))}): {error.get('message')}"
+    return line

@@ -1,0 +1,110 @@
+"""``phototag watch``: a daemon that captions photos as they arrive in some folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from phototag.cli import AppContext, pass_app
+from phototag.cli.options import apply_model_options, model_options
+
+log = logging.getLogger("phototag.watch")
+
+
+@click.command("watch")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@model_options
+@pass_app
+def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> None:
+    """Watch PATHS (default: the config's [watch] folders) and caption new photos as they arrive.
+
+    New, changed and moved-in photos are captioned once their copy has settled; moved and renamed
+    photos keep their captions; deleted photos leave the index. Work in progress survives a crash
+    (it resumes on the next start), and a rescan every [watch] rescan_interval seconds catches what
+    the watcher missed. SIGTERM or Ctrl-C finishes the batch in flight and exits; a second Ctrl-C
+    quits at once (photos are never left half-written). One log line per captioned photo on stderr
+    (-q: errors only). `phototag status` shows whether a daemon is running.
+
+    \b
+    Examples:
+      phototag watch ~/Pictures
+      phototag watch ~/Pictures /mnt/uploads --batch-size 8
+      phototag watch                           # the config's [watch] folders
+      systemctl --user enable --now phototag   # see contrib/phototag.service
+    """
+    from phototag.daemon import AlreadyRunning, DaemonLock
+    from phototag.index import PhotoIndex
+    from phototag.metadata import ExifToolSession, MetadataError
+    from phototag.watch import WatchDaemon
+
+    settings = apply_model_options(app, model_values)
+    folders = [Path(p) for p in paths] or [Path(p) for p in settings.watch.folders]
+    if not folders:
+        raise click.UsageError("no folders to watch: give PATH... or set [watch] folders in the config")
+    roots = []
+    for folder in folders:
+        folder = folder.expanduser()
+        if not folder.is_dir():
+            click.echo(f"phototag: {folder}: not a folder, skipped", err=True)
+            continue
+        roots.append(Path(os.path.abspath(folder)))
+    if not roots:
+        raise click.ClickException("none of the folders to watch exist")
+
+    phototag_log = logging.getLogger("phototag")
+    if logging.getLogger().level == logging.WARNING:  # no -v or -q: a daemon says what it does
+        phototag_log.setLevel(logging.INFO)
+
+    lock = DaemonLock(settings.db_path())
+    try:
+        lock.acquire()  # first: a second daemon refuses before it touches the index
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from None
+    index = PhotoIndex(settings.db_path())
+    try:
+        exiftool = ExifToolSession(
+            settings.metadata.exiftool or None,
+            sidecar_naming=settings.metadata.sidecar_naming,
+            mode=settings.metadata.mode,
+        )
+    except MetadataError as exc:
+        raise click.ClickException(str(exc)) from None
+    daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
+    watch = settings.watch
+    log.info("watching %s (settle %gs, rescan %s, index %s)", ", ".join(map(str, daemon.roots)),
+             watch.settle_seconds, f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
+             settings.db_path())
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # the second signal: quit now; safe writes mean no photo is half-written
+            os._exit(128 + signum)
+        stop.set()
+        log.info("%s: finishing the batch in flight (Ctrl-C again to quit at once)", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    daemon.start()
+    while not stop.wait(0.5):
+        if daemon.error is not None:
+            break
+    finished = daemon.shutdown(watch.stop_timeout)
+    if not finished:
+        log.warning("the batch in flight did not finish within %gs; its photos stay pending and resume on "
+                    "the next start", watch.stop_timeout)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)  # threads still busy: leave without waiting (every write is atomic)
+    exiftool.close()
+    index.close()
+    if daemon.error is not None:
+        raise click.ClickException(str(daemon.error))
+    log.info("stopped")

@@ -1,0 +1,498 @@
+"""The watch daemon with real watchdog, real files, a real exiftool and the tiny BLIP.
+
+Completed caption writes are counted the way the filesystem sees them: phototag's hidden temp copy
+moved over the photo (a second watchdog observer, independent of the daemon's). Inference is counted
+by a Captioner subclass that only tallies what it captions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import select
+
+from phototag.captioner import Captioner
+from phototag.cli import main
+from phototag.config import ModelSettings, Settings, WatchSettings
+from phototag.daemon import AlreadyRunning, DaemonLock, daemon_status
+from phototag.index import Photo, PhotoIndex
+from phototag.metadata import TEMP_MARKER, ExifToolSession
+from phototag.pipeline import Pipeline
+from phototag.watch import Settler, WatchDaemon, distinct_roots, is_ignored_name
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+
+SOURCES = [f"jpg/gps/DSCN00{n}.jpg" for n in (10, 12, 21, 25, 27, 29, 38, 40, 42)] + [
+    f"jpg/exif-org/{name}.jpg" for name in (
+        "canon-ixus", "fujifilm-dx10", "fujifilm-finepix40i", "fujifilm-mx1700", "kodak-dc210", "kodak-dc240",
+        "nikon-e950", "olympus-c960", "olympus-d320l", "ricoh-rdc5300", "sanyo-vpcg250", "sanyo-vpcsx550",
+        "sony-cybershot", "sony-d700", "sony-powershota5",
+    )
+]  # fmt: skip
+SETTLE = 0.3
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> list[Path]:
+    """50 distinct small JPEGs outside any watched folder: corpus copies, each stamped with its own file
+    name (XMP label) so that no two share content (moves are matched by content hash)."""
+    folder = tmp_path_factory.mktemp("staged")
+    for i in range(50):
+        source = corpus / SOURCES[i % len(SOURCES)]
+        target = folder / f"p{i:02d}_{source.name}"
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o644)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmp:Label<FileName", str(folder)], check=True)
+    return sorted(folder.iterdir())
+
+
+def pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+def description(path: Path) -> str | None:
+    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Description", str(path)], capture_output=True, text=True)
+    return json.loads(out.stdout)[0].get("Description")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def rows(db: Path) -> dict[str, Photo]:
+    index = PhotoIndex(db)
+    try:
+        with index.session() as session:
+            return {row.path: row for row in session.scalars(select(Photo))}
+    finally:
+        index.close()
+
+
+def done_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:  # a plain reader, no schema setup
+        return conn.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
+
+
+class WriteSpy:
+    """Completed caption writes per photo, as the filesystem reports them: the temp copy moved over it."""
+
+    def __init__(self, folder: Path) -> None:
+        from watchdog.observers import Observer
+
+        self.writes: Counter[str] = Counter()
+        self.times: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._observer = Observer()
+        self._observer.schedule(self, str(folder), recursive=True)
+        self._observer.start()
+
+    def dispatch(self, event: Any) -> None:
+        if event.event_type == "moved" and TEMP_MARKER in os.path.basename(os.fsdecode(event.src_path)):
+            with self._lock:
+                self.writes[os.fsdecode(event.dest_path)] += 1
+                self.times[os.fsdecode(event.dest_path)] = time.time()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join()
+
+
+class CountingCaptioner(Captioner):
+    """The real tiny model; it also tallies how many photos it captioned."""
+
+    def __init__(self, settings: ModelSettings, tally: Counter[str]) -> None:
+        super().__init__(settings)
+        self.tally = tally
+        tally["loads"] += 1
+
+    def caption(self, pixels: Any) -> Any:
+        self.tally["photos"] += len(pixels)
+        return super().caption(pixels)
+
+
+@dataclass
+class Harness:
+    daemon: WatchDaemon
+    spy: WriteSpy
+    inferred: Counter[str]
+    submitted: Counter[str] = field(default_factory=Counter)
+
+
+@pytest.fixture
+def watch_settings(settings: Settings) -> Settings:
+    return replace(settings, watch=WatchSettings(settle_seconds=SETTLE, rescan_interval=0, stop_timeout=20))
+
+
+@contextmanager
+def running_daemon(settings: Settings, lib: Path) -> Iterator[Harness]:
+    """An in-process daemon on ``lib``, with a write spy; stopped (and checked to stop) on exit."""
+    index = PhotoIndex(settings.db_path())
+    exiftool = ExifToolSession()
+    inferred: Counter[str] = Counter()
+    spy = WriteSpy(lib)
+    daemon = WatchDaemon(settings, [lib], index=index, exiftool=exiftool,
+                         captioner_factory=lambda: CountingCaptioner(settings.model, inferred))
+    harness = Harness(daemon, spy, inferred)
+    submit = daemon.pipeline.submit
+
+    def counting_submit(path: Path) -> bool:
+        harness.submitted[str(path)] += 1
+        return submit(path)
+
+    daemon.pipeline.submit = counting_submit  # type: ignore[method-assign]
+    daemon.start()
+    try:
+        assert daemon.ready.wait(30), "catch-up scan did not finish"
+        yield harness
+    finally:
+        assert daemon.shutdown(20), "daemon did not stop in time"
+        spy.stop()
+        exiftool.close()
+        index.close()
+    assert daemon.error is None, daemon.error
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+
+
+def test_ignored_names_and_roots(tmp_path: Path) -> None:
+    for name in (".DS_Store", "._IMG_1.jpg", ".IMG_1.jpg.phototag-tmp.jpg", "IMG_1.jpg.part", "IMG_1.jpg~",
+                 "IMG_1.JPG.TMP", ".IMG_1.jpg.phototag-tmp.jpg_exiftool_tmp", "x.jpg.crdownload"):
+        assert is_ignored_name(name), name
+    assert not is_ignored_name("IMG_1.jpg") and not is_ignored_name("holiday ~ 2019.jpg")
+    assert distinct_roots([tmp_path / "a" / "b", tmp_path / "a", tmp_path / "c", tmp_path / "a/"]) == [
+        tmp_path / "a", tmp_path / "c"]
+
+
+def test_settler_waits_for_a_stable_old_enough_file(tmp_path: Path) -> None:
+    now = [100.0]
+    settler = Settler(2.0, clock=lambda: now[0])
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"x" * 10)
+    os.utime(photo, (time.time() - 60, time.time() - 60))
+    settler.note(str(photo))
+    now[0] += 1.9
+    assert settler.ready() == []
+    with open(photo, "ab") as handle:  # still being written, no event seen: the size change resets the clock
+        handle.write(b"y")
+    os.utime(photo, (time.time() - 60, time.time() - 60))
+    now[0] += 0.2
+    assert settler.ready() == []
+    now[0] += 1.9
+    assert settler.ready() == []
+    now[0] += 0.2
+    assert settler.ready() == [str(photo)]
+    assert settler.ready() == [] and settler.settling() == 0
+    young = tmp_path / "b.jpg"
+    young.write_bytes(b"z")  # mtime now: too young even when unchanged for the settle time
+    settler.note(str(young))
+    now[0] += 5
+    assert settler.ready() == []
+    os.utime(young, (time.time() - 3, time.time() - 3))
+    settler.note(str(young))
+    now[0] += 2
+    assert settler.ready() == [str(young)]
+
+
+def test_settler_drops_deleted_rows_only_when_quiet(tmp_path: Path) -> None:
+    now = [0.0]
+    settler = Settler(1.0, clock=lambda: now[0])
+    (tmp_path / "new.jpg").write_bytes(b"x")
+    settler.note(str(tmp_path / "new.jpg"))
+    settler.gone(str(tmp_path / "old.jpg"))
+    assert settler.deletions(quiet=True) == []  # a path is still settling: maybe the move's destination
+    assert settler.deletions(quiet=False, max_wait=10) == []
+    now[0] += 11
+    assert settler.deletions(quiet=False, max_wait=10) == [str(tmp_path / "old.jpg")]
+    settler.gone(str(tmp_path))  # a folder deleted: what settled inside it is forgotten
+    assert settler.settling() == 0 and settler.deletions(quiet=True) == [str(tmp_path)]
+
+
+def test_one_daemon_per_index(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite3"
+    assert daemon_status(db) == {"running": False}
+    first = DaemonLock(db)
+    first.acquire()
+    try:
+        assert daemon_status(db)["running"]
+        with pytest.raises(AlreadyRunning, match=f"pid {os.getpid()}"):
+            DaemonLock(db).acquire(wait=0.1)
+    finally:
+        first.release()
+    assert not daemon_status(db)["running"]
+
+
+# -- the daemon in-process -------------------------------------------------------------------------
+
+
+def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, staged: list[Path],
+                                                     tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    db = watch_settings.db_path()
+    with running_daemon(watch_settings, lib) as run:
+        assert run.daemon.pipeline.captioner is None  # nothing to caption yet: the model is not loaded
+        for photo in staged:
+            shutil.copyfile(photo, lib / photo.name)
+        wait_for(lambda: done_count(db) == 50, what="50 captions")
+        time.sleep(SETTLE * 3)  # time for any event from phototag's own writes to come back
+        submitted, writes, inferred = dict(run.submitted), dict(run.spy.writes), run.inferred["photos"]
+    found = rows(db)
+    assert sorted(found) == sorted(str(lib / p.name) for p in staged)
+    for path, row in found.items():
+        assert row.status == "done" and row.caption_source == "model", (path, row.failure_reason)
+        assert description(Path(path)) == row.caption
+    assert submitted == {path: 1 for path in found}  # each photo queued once: no self-trigger
+    assert writes == {path: 1 for path in found}  # each photo's metadata written once
+    assert inferred == 50
+    for photo in staged[:10]:
+        assert pixels(lib / photo.name) == pixels(photo)
+
+
+def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settings, staged: list[Path],
+                                                          tmp_path: Path) -> None:
+    settings = replace(watch_settings, watch=replace(watch_settings.watch, settle_seconds=1.0))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    source = staged[0]
+    data = source.read_bytes()
+    target = lib / "slow.jpg"
+    with running_daemon(settings, lib) as run:
+        with open(target, "wb") as handle:
+            for start in range(0, len(data), len(data) // 10 + 1):  # ~1 s of writing, 0.1 s between chunks
+                handle.write(data[start:start + len(data) // 10 + 1])
+                handle.flush()
+                time.sleep(0.1)
+        last_chunk_at = time.time()
+        wait_for(lambda: done_count(settings.db_path()) == 1, what="the slow photo's caption")
+        submitted, writes, inferred = dict(run.submitted), dict(run.spy.writes), run.inferred["photos"]
+        written_at = run.spy.times[str(target)]
+    assert submitted == {str(target): 1} and writes == {str(target): 1} and inferred == 1
+    assert written_at > last_chunk_at
+    assert pixels(target) == pixels(source)
+    assert description(target) == rows(settings.db_path())[str(target)].caption
+
+
+def test_moves_renames_and_deletes_keep_or_drop_rows(watch_settings: Settings, staged: list[Path],
+                                                     tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    (lib / "trip").mkdir(parents=True)
+    (lib / "old").mkdir()
+    db = watch_settings.db_path()
+    names = ["a.jpg", "b.jpg", "c.jpg", "trip/d.jpg", "old/e.jpg"]
+    with running_daemon(watch_settings, lib) as run:
+        for photo, name in zip(staged, names, strict=False):
+            shutil.copyfile(photo, lib / name)
+        wait_for(lambda: done_count(db) == 5, what="5 captions")
+        before = {Path(path).relative_to(lib).as_posix(): (row.id, row.caption) for path, row in rows(db).items()}
+        (lib / "a.jpg").rename(lib / "a renamed.jpg")  # rename
+        (lib / "new").mkdir()
+        (lib / "b.jpg").rename(lib / "new" / "b.jpg")  # move into a new subfolder
+        (lib / "c.jpg").unlink()  # delete
+        (lib / "trip").rename(lib / "trip-2019")  # rename a folder
+        shutil.rmtree(lib / "old")  # delete a folder
+        expected = {"a renamed.jpg": before["a.jpg"], "new/b.jpg": before["b.jpg"],
+                    "trip-2019/d.jpg": before["trip/d.jpg"]}
+
+        def settled() -> bool:
+            now = {Path(p).relative_to(lib).as_posix(): (r.id, r.caption) for p, r in rows(db).items()}
+            return now == expected
+
+        wait_for(settled, what=f"rows {expected}")
+        time.sleep(SETTLE * 3)
+        assert run.inferred["photos"] == 5  # no new inference
+        assert set(run.spy.writes.values()) == {1} and len(run.spy.writes) == 5  # no new writes
+    assert settled()
+    assert all(row.status == "done" for row in rows(db).values())
+
+
+def test_restart_resumes_pending_work_without_new_inference(watch_settings: Settings, staged: list[Path],
+                                                            tmp_path: Path) -> None:
+    """The state a crash leaves: one photo's caption committed but not yet written to the file, one
+    photo deleted while the daemon was down. The restart writes the planned caption without running the
+    model (which it does not even load), and drops the deleted photo's row."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    db = watch_settings.db_path()
+    planned, vanished = lib / "planned.jpg", lib / "vanished.jpg"
+    shutil.copyfile(staged[0], planned)
+    shutil.copyfile(staged[1], vanished)
+    os.utime(planned, (time.time() - 60, time.time() - 60))  # arrived long ago: no settling needed
+    index = PhotoIndex(db)
+    with ExifToolSession() as exiftool:
+        pipeline = Pipeline(watch_settings, index, exiftool)
+        for photo in (planned, vanished):
+            assert pipeline.plan(photo) is not None  # marks the rows pending, as the plan stage does
+    with index.transaction() as session:  # what the write stage commits just before writing the file
+        row = session.scalar(select(Photo).where(Photo.path == str(planned)))
+        row.caption, row.caption_source, row.keywords = "planned words here", "model", "planned words"
+        row.model_name, row.prompt = watch_settings.model.name, watch_settings.model.prompt
+    index.close()
+    vanished.unlink()
+    assert {r.status for r in rows(db).values()} == {"pending"}
+
+    with running_daemon(watch_settings, lib) as run:
+        wait_for(lambda: str(vanished) not in rows(db) and done_count(db) == 1, what="resume and sweep")
+        assert run.daemon.pipeline.captioner is None and run.inferred["photos"] == 0
+        assert dict(run.spy.writes) == {str(planned): 1}
+        shutil.copyfile(staged[2], lib / "new.jpg")  # a new photo loads the model
+        wait_for(lambda: done_count(db) == 2, what="the new photo's caption")
+        assert run.inferred == {"loads": 1, "photos": 1}
+    assert description(planned) == "planned words here"
+    assert pixels(planned) == pixels(staged[0])
+
+
+def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(watch_settings: Settings,
+                                                                    staged: list[Path], tmp_path: Path) -> None:
+    settings = replace(watch_settings, model=replace(watch_settings.model, name=str(tmp_path / "no-such-model")))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    index = PhotoIndex(settings.db_path())
+    with ExifToolSession() as exiftool:
+        daemon = WatchDaemon(settings, [lib], index=index, exiftool=exiftool).start()
+        assert daemon.ready.wait(30) and daemon.error is None  # nothing needed the model yet
+        shutil.copyfile(staged[0], lib / "a.jpg")
+        error = wait_for(lambda: daemon.error, what="the model load error")
+        assert "no-such-model" in str(error)
+        assert daemon.shutdown(20)
+    index.close()
+    state = daemon_status(settings.db_path())
+    assert not state["running"] and not state["died"] and "no-such-model" in state["last_error"]["message"]
+    assert rows(settings.db_path())[str(lib / "a.jpg")].status == "pending"  # resumes after a fix
+
+
+# -- the daemon as a process -----------------------------------------------------------------------
+
+
+def start_daemon(config: Path, lib: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def caught_up(db: Path, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, f"the daemon exited with {proc.returncode}:\n{log.read_text()}"
+    daemon = daemon_status(db)  # not `phototag status`: it must not race the daemon creating the index
+    return daemon["running"] and daemon.get("pid") == proc.pid and daemon.get("caught_up")
+
+
+def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: Path, staged: list[Path]) -> None:
+    lib, db, log = tmp_path / "lib", tmp_path / "data" / "index.sqlite3", tmp_path / "daemon.log"
+    lib.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
+        f'[index]\ndb = "{db}"\n[watch]\nsettle_seconds = {SETTLE}\nrescan_interval = 0\nstop_timeout = 20\n'
+    )
+    burst, late, later = staged[:30], staged[30:33], staged[33:36]
+    everything = burst + late + later
+    spy = WriteSpy(lib)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # 1. a burst arrives; the daemon is killed with SIGKILL part-way through
+        first = start_daemon(config, lib, log)
+        procs.append(first)
+        wait_for(lambda: caught_up(db, first, log), what="the first daemon to start")
+        for photo in burst:
+            shutil.copyfile(photo, lib / photo.name)
+        wait_for(lambda: done_count(db) >= 4, what="the first captions")
+        first.kill()
+        assert first.wait(10) == -signal.SIGKILL
+        done_at_kill = done_count(db)
+        assert done_at_kill < len(burst), "the burst finished before the kill; nothing was interrupted"
+        dead = status(config)["daemon"]
+        assert dead["running"] is False and dead["died"] is True and dead["pid"] == first.pid
+        text = CliRunner().invoke(main, ["--config", str(config), "status"]).output
+        assert f"daemon: not running; pid {first.pid} died without stopping" in text
+        for photo in late:  # photos that arrive while no daemon runs
+            shutil.copyfile(photo, lib / photo.name)
+
+        # 2. restart: resumes, catches up; a second daemon on the same index refuses; SIGTERM mid-work
+        second = start_daemon(config, lib, log)
+        procs.append(second)
+        wait_for(lambda: daemon_status(db).get("pid") == second.pid, what="the second daemon's state")
+        refused = subprocess.run([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "already running" in refused.stderr, refused.stderr
+        wait_for(lambda: done_count(db) > done_at_kill, what="progress after the restart")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20 + 10) == 0  # stop_timeout plus the interpreter's exit
+        for path, row in rows(db).items():  # the index never claims what is not on disk
+            if row.status == "done":
+                assert description(Path(path)) == row.caption, path
+        assert status(config)["daemon"]["running"] is False and status(config)["daemon"]["died"] is False
+
+        # 3. Ctrl-C twice while work is in flight: quit at once (exit 130), no photo damaged
+        for photo in later:
+            shutil.copyfile(photo, lib / photo.name)
+        done_before = done_count(db)
+        third = start_daemon(config, lib, log)
+        procs.append(third)
+        wait_for(lambda: done_count(db) > done_before, what="the third daemon at work")
+        third.send_signal(signal.SIGINT)
+        wait_for(lambda: "SIGINT: finishing the batch in flight" in log.read_text(), what="the first SIGINT")
+        third.send_signal(signal.SIGINT)
+        assert third.wait(10) == 130
+
+        # 4. a fourth start finishes the rest, then stops on SIGTERM while idle
+        fourth = start_daemon(config, lib, log)
+        procs.append(fourth)
+        wait_for(lambda: done_count(db) == len(everything), timeout=90, what=f"{len(everything)} captions")
+        time.sleep(SETTLE * 3)
+        fourth.send_signal(signal.SIGTERM)
+        assert fourth.wait(30) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        spy.stop()
+    final = rows(db)
+    assert sorted(final) == sorted(str(lib / p.name) for p in everything), log.read_text()
+    assert all(row.status == "done" and row.caption_source == "model" for row in final.values())
+    assert dict(spy.writes) == {path: 1 for path in final}  # none written twice, across kill and restarts
+    for photo in everything:
+        target = lib / photo.name
+        assert description(target) == final[str(target)].caption
+        assert pixels(target) == pixels(photo)  # none damaged
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in everything)
+    # one log line per captioned photo; none twice (a kill may cost a line, never add one)
+    logged = Counter(line.split(" INFO captioned ")[1].split(": ")[0]
+                     for line in log.read_text().splitlines() if " INFO captioned " in line)
+    assert logged and set(logged) <= set(final) and max(logged.values()) == 1
