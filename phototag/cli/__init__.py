@@ -65,9 +65,9 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
 
 
 def _register() -> None:
-    from phototag.cli import backfill, search, show, status
+    from phototag.cli import backfill, restore, search, show, status
 
-    for module in (backfill, search, show, status):
+    for module in (backfill, search, show, status, restore):
         main.add_command(module.command)
 
 
