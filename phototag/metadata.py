@@ -1196,8 +1196,10 @@ class ExifToolSession:
         leftovers = (tmp, Path(f"{tmp}_exiftool_tmp"))
         _remove_quietly(*leftovers)  # a stale temp from a crash would make exiftool refuse
         exists = target.is_file()
+        # A new sidecar is created in place; WebP (and sidecars) are copied, then edited in place.
+        edit_in_place = not exists or target.suffix.lower() in COPY_THEN_WRITE_SUFFIXES | {".xmp"}
         try:
-            if exists and target.suffix.lower() in COPY_THEN_WRITE_SUFFIXES | {".xmp"} or not exists:
+            if edit_in_place:
                 if exists:
                     shutil.copyfile(target, tmp)
                 command = [*args, "-overwrite_original", _arg_path(tmp)]
