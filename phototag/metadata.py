@@ -172,6 +172,17 @@ class ExistingMetadata:
     keywords: tuple[str, ...]
     original: dict[str, object] = field(default_factory=dict)
 
+    def current_description(self) -> str | None:
+        """What the photo's description fields say now, camera boilerplate included (the person's
+        description if there is one): the text a write would replace."""
+        if self.description is not None:
+            return self.description
+        tags = _mapping(_mapping(self.original.get("file")).get("tags"))
+        for name in (EXIF_DESCRIPTION, XMP_DESCRIPTION, IPTC_CAPTION):
+            if holds_text(tags.get(name)):
+                return _text(tags.get(name))
+        return None
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -623,6 +634,8 @@ def existing_metadata(
             "tags": _owned_values(sidecar_tags or {}, SIDECAR_OWNED_TAGS) if sidecar_tags is not None else {},
         },
     }
+    if sidecar_tags is not None:
+        original["sidecar"]["state"] = {"xmp_toolkit": sidecar_tags.get(XMP_TOOLKIT)}  # type: ignore[index]
     return ExistingMetadata(description=description, keywords=tuple(keywords), original=original)
 
 
@@ -1320,6 +1333,11 @@ class ExifToolSession:
                 for name in SIDECAR_OWNED_TAGS
                 if not _same_value(name, original.get(name), current.get(name))
             }
+            state = _mapping(recorded.get("state"))
+            if targets and "xmp_toolkit" in state and not _same_value(
+                XMP_TOOLKIT, state["xmp_toolkit"], current.get(XMP_TOOLKIT)
+            ):
+                targets[XMP_TOOLKIT] = state["xmp_toolkit"]  # ExifTool stamped itself on the write
             action = "restored"
         else:
             record = self._read_json([side], everything=True)[0]

@@ -548,6 +548,11 @@ class ReportWrites:
                 outcomes.append(Outcome(task.path, HUMAN, caption=task.caption))
             else:
                 outcomes.append(
-                    Outcome(task.path, WOULD_WRITE, caption=task.caption, old_description=task.existing.description)
+                    Outcome(
+                        task.path,
+                        WOULD_WRITE,
+                        caption=task.caption,
+                        old_description=task.existing.current_description(),
+                    )
                 )
         return outcomes

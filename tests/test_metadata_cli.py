@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from phototag.cli import main
 from phototag.metadata import temp_path
 from tests.conftest import copy_from_corpus
-from tests.test_metadata import changed_tags, exiftool_json, sha256
+from tests.test_metadata import DATA, changed_tags, exiftool_json, sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -120,6 +120,27 @@ def test_sidecar_mode_with_base_naming_never_touches_originals_or_collides(
     assert run(config, "restore", "--all", "--no-progress").exit_code == 0
     assert sorted(p.name for p in lib.iterdir()) == sorted(p.name for p in digests)
     assert {p: sha256(p) for p in digests} == digests
+
+
+def test_darktable_sidecar_is_merged_then_restored(config: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    (raw,) = copy_from_corpus(["raw/DNG.dng"], lib)
+    side = lib / "DNG.dng.xmp"
+    shutil.copyfile(DATA / "darktable_sidecar.xmp", side)
+    before = exiftool_json(side)
+
+    assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
+    row = rows(tmp_path)[str(raw)]
+    merged = exiftool_json(side)
+    assert row["written_to"] == str(side) and merged["XMP-dc:Description"] == row["caption"]
+    assert merged["XMP-dc:Subject"][0] == "holiday" and row["keywords"].split()[0] == "holiday"
+    assert merged["XMP-darktable:History"] == before["XMP-darktable:History"]
+    assert changed_tags(before, merged) <= {"XMP-dc:Description", "XMP-dc:Subject", "XMP-x:XMPToolkit",
+                                            "XMP-darktable:Masks_history"}  # fmt: skip
+    assert run(config, "search", "tag:holiday").output.splitlines() == [str(raw)]
+
+    assert run(config, "restore", str(raw), "--no-progress").exit_code == 0
+    assert changed_tags(before, exiftool_json(side)) <= {"XMP-darktable:Masks_history"}  # the empty list
 
 
 def test_mode_both_embeds_and_writes_the_sidecar(tmp_path: Path, tiny_model: Path) -> None:
@@ -226,7 +247,7 @@ def test_dry_run_prints_one_line_per_photo_and_creates_nothing(config: Path, tmp
     assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines)
     fields = {line.split("\t")[0]: line.split("\t") for line in lines}
     assert fields[str(human)][1] == "line one\\n\\tline two"
-    assert fields[str(junk)][1] == ""  # camera boilerplate is no description
+    assert fields[str(junk)][1].rstrip() == "OLYMPUS DIGITAL CAMERA"  # boilerplate: replaced, shown as it is
     assert all(f[2] for f in fields.values())
     assert {p: sha256(p) for p in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "lib"]  # not even an index

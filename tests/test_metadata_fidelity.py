@@ -297,7 +297,7 @@ def test_restore_gives_a_darktable_sidecar_its_own_values_back(session: ExifTool
     after = exiftool_json(side)
     assert after["XMP-dc:Subject"] == ["holiday"] and "XMP-dc:Description" not in after
     assert after["XMP-darktable:History"] == before["XMP-darktable:History"]
-    assert changed_tags(before, after) <= {"XMP-x:XMPToolkit", "XMP-darktable:Masks_history"}
+    assert changed_tags(before, after) <= {"XMP-darktable:Masks_history"}  # exiftool drops the empty list
 
 
 def test_restore_follows_a_moved_photo(session: ExifToolSession, tmp_path: Path) -> None:
