@@ -10,7 +10,7 @@ import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.cli.progress import Progress
-from phototag.index import Photo, PhotoIndex, count_rows, forget, iter_rows
+from phototag.index import SOURCE_MODEL, Photo, PhotoIndex, count_rows, forget, iter_rows
 from phototag.metadata import ExifToolSession, MetadataError
 from phototag.pipeline import FAILED_OUTCOME, Outcome
 
@@ -28,7 +28,8 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     """Undo phototag: put back the descriptions and keywords photos under PATHS had before phototag
     first wrote to them, and remove the sidecars it created.
 
-    The values were stored in the index before the first write. They are written back through the
+    Photos whose own description phototag kept are left as they are. For the others, the values
+    were stored in the index before the first write; they are written back through the
     same verified temp-copy path as a caption (only photos whose values differ are rewritten); fields
     that were absent are removed again. A sidecar phototag created is deleted (if another tool has
     added to it since, only phototag's values are removed from it); a sidecar that existed before
@@ -97,7 +98,9 @@ def restore_row(exiftool: ExifToolSession, index: PhotoIndex, row: Photo) -> tup
         forget(index, row.id)
         return Outcome(path, GONE), False
     original = row.original()
-    if not original:  # never read (its metadata could not be read): phototag never wrote to it
+    if not original or row.caption_source != SOURCE_MODEL:
+        # phototag never wrote to it (a person's description was kept, or it could not be read): any
+        # difference from the recorded values is somebody else's edit, which stays
         forget(index, row.id)
         return Outcome(path, UNCHANGED), False
     try:
