@@ -1312,8 +1312,11 @@ class ExifToolSession:
         def rejected(reason: str) -> MetadataError:
             return MetadataError(f"{photo}: not restored: {reason}")
 
-        if not os.access(photo, os.W_OK) or not os.stat(photo).st_mode & 0o222:
+        info = os.stat(photo)
+        if not os.access(photo, os.W_OK) or not info.st_mode & 0o222:
             raise MetadataError(f"{photo}: not restored: the photo is read-only")
+        if info.st_nlink > 1:
+            raise MetadataError(f"{photo}: not restored: {info.st_nlink} hard links, replacing it would split them")
         _check_folder_writable(photo)
         self._safe_edit(photo, args, check, rejected=rejected, keep_mtime=self.keep_mtime)
         return True
