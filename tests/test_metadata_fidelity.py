@@ -143,7 +143,10 @@ def test_keep_mtime(tmp_path: Path) -> None:
 
 def test_owner_and_extended_attributes_survive(session: ExifToolSession, tmp_path: Path) -> None:
     photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
-    os.setxattr(photo, "user.xdg.tags", b"favourite")
+    try:
+        os.setxattr(photo, "user.xdg.tags", b"favourite")
+    except (AttributeError, OSError):
+        pytest.skip("no user extended attributes on this file system")
     if os.geteuid() == 0:
         os.chown(photo, 4321, 8765)
     before = photo.stat()
