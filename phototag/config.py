@@ -48,6 +48,7 @@ class MetadataSettings:
     sidecar_naming: str = "ext"
     overwrite: bool = False
     exiftool: str = ""
+    keep_mtime: bool = False
 
 
 @dataclass(frozen=True)

@@ -270,3 +270,52 @@ def remove_missing_paths(index: PhotoIndex, paths: Sequence[Path]) -> list[str]:
                     removed.append(row.path)
                     session.delete(row)
     return removed
+
+
+# -- restore: the rows a restore walks, and forgetting them -------------------------------------------
+
+
+def _path_filter(paths: Sequence[Path]) -> Any:
+    """SQL condition: the row of a photo given by path, or any row under a folder given by path."""
+    from sqlalchemy import or_
+
+    conditions = []
+    for path in paths:
+        conditions.append(Photo.path == str(path))
+        prefix = str(path).rstrip(os.sep) + os.sep
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(Photo.path.like(escaped + "%", escape="\\"))
+    return or_(*conditions)
+
+
+def count_rows(index: PhotoIndex, paths: Sequence[Path] | None = None) -> int:
+    """How many rows :func:`iter_rows` will yield."""
+    stmt = select(func.count()).select_from(Photo)
+    if paths is not None:
+        stmt = stmt.where(_path_filter(paths))
+    with index.session() as session:
+        return int(session.scalar(stmt) or 0)
+
+
+def iter_rows(index: PhotoIndex, paths: Sequence[Path] | None = None, batch: int = 500) -> Iterator[Photo]:
+    """Rows for ``paths`` (None: every row) in id order, a batch at a time (a million rows never sit in
+    memory). Rows deleted while iterating are simply not seen again."""
+    last = 0
+    while True:
+        stmt = select(Photo).where(Photo.id > last).order_by(Photo.id).limit(batch)
+        if paths is not None:
+            stmt = stmt.where(_path_filter(paths))
+        with index.session() as session:
+            rows = list(session.scalars(stmt))
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
+
+
+def forget(index: PhotoIndex, row_id: int) -> None:
+    """Delete one row (after a restore: the next backfill sees the photo as new and reads it afresh)."""
+    with index.transaction() as session:
+        row = session.get(Photo, row_id)
+        if row is not None:
+            session.delete(row)

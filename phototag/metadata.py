@@ -12,12 +12,21 @@ Latin-1, turning CJK and emoji into ``?``). Instead the same fields are written 
   existing IPTC to UTF-8 and declaring ``CodedCharacterSet``; ``IPTCDigest`` is refreshed when it
   was absent or in sync, exactly as the MWG module does;
 * keywords are merged into ``XMP-dc:Subject`` (and ``IPTC:Keywords`` where IPTC exists), never
-  dropping one.
+  dropping one;
+* the Windows fields ``XPComment``/``XPSubject``/``XPKeywords`` and EXIF ``UserComment`` are updated
+  only where they already hold text, so Windows Explorer does not show a stale description.
+
+The description is written as the ``x-default`` entry of the lang-alt list: other languages stay.
 
 A write never edits the original in place: ExifTool writes a hidden temp file next to it, the temp
 file is read back and checked (caption landed, no other tag changed), then atomically replaces the
-original. RAW files, formats ExifTool refuses and partial writes get an XMP sidecar instead, which
-is merged (never clobbered) when it already exists.
+original (keeping its permissions, owner, extended attributes and, with ``keep_mtime``, its mtime).
+RAW files, formats ExifTool refuses, read-only and hard-linked photos and partial writes get an XMP
+sidecar instead, which is merged (never clobbered) when it already exists.
+
+:meth:`ExifToolSession.restore` undoes phototag's writes through the same safe path, from the owned
+values :meth:`ExifToolSession.read` recorded before the first write; :func:`clean_stale_temps` removes
+the temp files a crash left behind.
 """
 
 from __future__ import annotations
@@ -25,23 +34,34 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from phototag.config import MetadataSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RAW_EXTENSIONS",
     "ExifToolSession",
     "ExistingMetadata",
     "MetadataError",
+    "RestoreResult",
     "WriteResult",
+    "clean_stale_temps",
     "is_junk_description",
+    "sidecar_for",
     "sidecar_path",
 ]
 
@@ -62,6 +82,12 @@ RAW_EXTENSIONS: frozenset[str] = frozenset(
 MODES = ("embed", "sidecar", "both")
 SIDECAR_NAMINGS = ("ext", "base")
 TEMP_MARKER = ".phototag-tmp"
+# A temp file this old cannot belong to a write in progress (a write rewrites it continuously, then
+# verifies and renames it within seconds), so it is a crash's leftover. Younger ones may belong to
+# another phototag (a watch daemon) working on the same folder and are left alone.
+STALE_TEMP_SECONDS = 600
+# What temp_path() makes (".NAME.phototag-tmp.EXT"), and exiftool's own temp beside it.
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(\.[^.]+)?(_exiftool_tmp)?", re.DOTALL)
 
 # Tags phototag may write (ExifTool family-1 group names, as printed with -G1).
 XMP_DESCRIPTION = "XMP-dc:Description"
@@ -71,20 +97,38 @@ XMP_SUBJECT = "XMP-dc:Subject"
 IPTC_KEYWORDS = "IPTC:Keywords"
 IPTC_CHARSET = "IPTC:CodedCharacterSet"
 IPTC_DIGEST = "Photoshop:IPTCDigest"
+IPTC_ENVELOPE = "IPTC:EnvelopeRecordVersion"
+IPTC_APP_VERSION = "IPTC:ApplicationRecordVersion"
+XMP_TOOLKIT = "XMP-x:XMPToolkit"
 CURRENT_IPTC_DIGEST = "File:CurrentIPTCDigest"
-OWNED_TAGS = (
+EXIF_BYTE_ORDER = "File:ExifByteOrder"  # present exactly when the file has an EXIF/TIFF structure
+XP_COMMENT = "IFD0:XPComment"  # Windows Explorer "Comments"
+XP_SUBJECT = "IFD0:XPSubject"  # Windows Explorer "Subject"
+XP_KEYWORDS = "IFD0:XPKeywords"  # Windows Explorer "Tags", ";"-separated
+USER_COMMENT = "ExifIFD:UserComment"
+# Written only where they already hold text (description in the first three, keywords in the last).
+WINDOWS_DESCRIPTION_TAGS = (XP_COMMENT, XP_SUBJECT, USER_COMMENT)
+IF_PRESENT_TAGS = (*WINDOWS_DESCRIPTION_TAGS, XP_KEYWORDS)
+# Description and keyword values: what a write changes and a restore puts back.
+RESTORABLE_TAGS = (
     XMP_DESCRIPTION,
     EXIF_DESCRIPTION,
     IPTC_CAPTION,
     XMP_SUBJECT,
     IPTC_KEYWORDS,
-    IPTC_CHARSET,
-    IPTC_DIGEST,
+    *IF_PRESENT_TAGS,
 )
+OWNED_TAGS = (*RESTORABLE_TAGS, IPTC_CHARSET, IPTC_DIGEST)
 SIDECAR_OWNED_TAGS = (XMP_DESCRIPTION, XMP_SUBJECT)
+LIST_TAGS = frozenset({XMP_SUBJECT, IPTC_KEYWORDS})
 
 # ExifTool stamps itself as the XMP toolkit whenever it rewrites XMP.
 _INCIDENTAL_TAGS = frozenset({"XMP-x:XMPToolkit"})
+# IFD0 tags ExifTool adds when it creates an EXIF block (EXIF requires them).
+_MANDATORY_EXIF_TAGS = frozenset(
+    {"IFD0:XResolution", "IFD0:YResolution", "IFD0:ResolutionUnit", "IFD0:YCbCrPositioning"}
+)
+_EXIF_GROUPS = frozenset({"IFD0", "IFD1", "ExifIFD", "GPS", "InteropIFD", "SubIFD"})
 # Groups that describe the file rather than its metadata, and structural fields that follow the
 # layout: offsets that move when a block grows (thumbnail/preview/strips, HEIF media data) and the
 # WebP VP8X flags, which gain the "has XMP" bit when XMP is added.
@@ -98,7 +142,8 @@ COPY_THEN_WRITE_SUFFIXES = frozenset({".webp", ""})  # exiftool 12.x refuses "-o
 
 _READ_TAGS = (
     "-File:FileType", "-File:MIMEType", "-ExifTool:Error", "-ExifTool:Warning", "-File:CurrentIPTCDigest",
-    "-IFD0:Make", "-IFD0:Model", "-IFD0:ImageDescription", "-XMP-dc:all", "-IPTC:all",
+    "-File:ExifByteOrder", "-IFD0:Make", "-IFD0:Model", "-IFD0:ImageDescription", "-IFD0:XPComment",
+    "-IFD0:XPSubject", "-IFD0:XPKeywords", "-ExifIFD:UserComment", "-XMP-x:XMPToolkit", "-XMP-dc:all", "-IPTC:all",
     "-Photoshop:IPTCDigest",
 )  # fmt: skip
 _IO_ERROR = re.compile(
@@ -127,6 +172,17 @@ class ExistingMetadata:
     keywords: tuple[str, ...]
     original: dict[str, object] = field(default_factory=dict)
 
+    def current_description(self) -> str | None:
+        """What the photo's description fields say now, camera boilerplate included (the person's
+        description if there is one): the text a write would replace."""
+        if self.description is not None:
+            return self.description
+        tags = _mapping(_mapping(self.original.get("file")).get("tags"))
+        for name in (EXIF_DESCRIPTION, XMP_DESCRIPTION, IPTC_CAPTION):
+            if holds_text(tags.get(name)):
+                return _text(tags.get(name))
+        return None
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -136,6 +192,21 @@ class WriteResult:
     target: Path
     also_written: tuple[Path, ...] = ()  # mode "both": the sidecar written beside the photo
     fallback_reason: str | None = None  # why an embed fell back to a sidecar
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did. ``photo``: the photo's own values were put back. ``sidecar``: "removed"
+    (phototag created it), "stripped" (phototag created it, another tool added to it since: only
+    phototag's values were removed), "restored" (it existed before: its values were put back), or None."""
+
+    photo: bool
+    sidecar: str | None = None
+    sidecar_path: Path | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.photo or self.sidecar is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +300,63 @@ def sidecar_path(photo: Path, naming: str = "ext") -> Path:
     raise ValueError(f"sidecar naming must be one of {SIDECAR_NAMINGS}, not {naming!r}")
 
 
+# Extensions of photos that could share a base name with another photo in the same folder.
+_PAIRED_EXTENSIONS = tuple(
+    sorted(
+        RAW_EXTENSIONS
+        | {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".hif",
+           ".avif", ".bmp", ".gif", ".psd", ".jxl"}
+    )
+)  # fmt: skip
+
+
+def sidecar_for(photo: Path, naming: str = "ext") -> Path:
+    """The sidecar phototag uses for ``photo``: :func:`sidecar_path`, except that two photos sharing a
+    base name never share a sidecar.
+
+    With "base" naming ``IMG_1.CR2`` and ``IMG_1.JPG`` would both want ``IMG_1.xmp``. The name goes to
+    one of them, chosen from the folder alone (so every run and every order agrees): the RAW file (as
+    Lightroom pairs RAW+JPEG), else the first name in sorted order. The others use "ext" naming
+    (``IMG_1.JPG.xmp``), which can never collide.
+    """
+    photo = Path(photo)
+    if naming == "base" and not _owns_base_sidecar(photo):
+        return sidecar_path(photo, "ext")
+    return sidecar_path(photo, naming)
+
+
+def _owns_base_sidecar(photo: Path) -> bool:
+    siblings = _same_stem_photos(photo)
+    if not siblings:
+        return True
+    owner = min([photo, *siblings], key=lambda p: (not is_raw(p), p.name.casefold(), p.name))
+    return owner == photo
+
+
+def _same_stem_photos(photo: Path) -> list[Path]:
+    """Other photos in ``photo``'s folder with the same base name. Probes the known extensions (in
+    lower and upper case) rather than listing the folder, which would cost O(folder) per photo."""
+    try:
+        own = os.stat(photo)
+    except OSError:
+        own = None
+    found = []
+    for ext in _PAIRED_EXTENSIONS:
+        for variant in dict.fromkeys((ext, ext.upper())):
+            candidate = photo.with_suffix(variant)
+            if candidate.name == photo.name:
+                continue
+            try:
+                st = os.stat(candidate)
+            except OSError:
+                continue
+            if own is not None and (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+                continue  # the photo itself, on a case-insensitive file system
+            if stat.S_ISREG(st.st_mode):
+                found.append(candidate)
+    return found
+
+
 def temp_path(target: Path) -> Path:
     """Hidden temp file beside ``target`` that keeps its extension (so ExifTool keeps the format)."""
     name = f".{target.name}{TEMP_MARKER}{target.suffix}"
@@ -240,6 +368,57 @@ def temp_path(target: Path) -> Path:
 
 def is_raw(photo: Path) -> bool:
     return Path(photo).suffix.lower() in RAW_EXTENSIONS
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temp file phototag (or exiftool, working for phototag) makes."""
+    return bool(_TEMP_NAME.fullmatch(name))
+
+
+def clean_stale_temps(
+    roots: Iterable[Path], *, older_than: float = STALE_TEMP_SECONDS, now: float | None = None
+) -> list[Path]:
+    """Delete the temp files a crash left under ``roots`` (only names phototag makes, older than
+    ``older_than`` seconds). Returns what was removed. Never follows folder links; unreadable folders
+    are skipped; a file root cleans its own folder (not below it)."""
+    deadline = (time.time() if now is None else now) - older_than
+    removed: list[Path] = []
+    for folder in _temp_folders(roots):
+        try:
+            with os.scandir(folder) as entries:
+                candidates = [e for e in entries if e.name.startswith(".") and is_temp_name(e.name)]
+        except OSError:
+            continue
+        for entry in candidates:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < deadline:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError as exc:
+                log.warning("cannot remove stale temp file %s: %s", entry.path, exc.strerror or exc)
+    return removed
+
+
+def _temp_folders(roots: Iterable[Path]) -> Iterator[str]:
+    """The folders phototag may have written in under ``roots`` (the walk skips hidden folders, as
+    the photo scan does)."""
+    for root in roots:
+        root = Path(os.path.abspath(os.path.expanduser(root)))
+        if not root.is_dir():
+            if root.parent.is_dir():
+                yield str(root.parent)
+            continue
+        stack = [str(root)]
+        while stack:
+            folder = stack.pop()
+            yield folder
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+            except OSError:
+                continue
 
 
 def normalize_caption(caption: str) -> str:
@@ -322,6 +501,46 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
+def holds_text(value: object) -> bool:
+    """True when a field holds text: not absent, empty, blank, NUL padding or binary data."""
+    if value is None or isinstance(value, dict):
+        return False
+    text = _text(value) or ""
+    if text.startswith(("(Binary data ", "base64:")):
+        return False
+    return bool(text.strip(" \t\r\n\x00"))
+
+
+def ucs2(text: str) -> str:
+    """``text`` as the Windows XP* tags can hold it through ExifTool, which encodes them as UCS-2:
+    characters beyond the Basic Multilingual Plane (emoji) become U+FFFD."""
+    return "".join(ch if ord(ch) <= 0xFFFF else "\ufffd" for ch in text)
+
+
+def _xp_keywords(value: object) -> list[str]:
+    return [kw.strip() for kw in (_text(value) or "").split(";") if kw.strip()]
+
+
+def if_present_values(caption: str, keywords: Sequence[str], tags: Mapping[str, object]) -> dict[str, str]:
+    """Values for the Windows/EXIF comment fields that already hold text, as they will read back.
+
+    XPComment/XPSubject and UserComment get the caption; XPKeywords (";"-separated) gets the new
+    keywords appended. Fields that are absent or empty stay so: creating them would add a Windows-only
+    copy of the caption that other tools never update.
+    """
+    values = {}
+    for name in WINDOWS_DESCRIPTION_TAGS:
+        if holds_text(tags.get(name)):
+            # ExifTool trims trailing blanks when it reads EXIF text such as UserComment
+            values[name] = ucs2(caption) if name.startswith("IFD0:XP") else caption.rstrip(" ")
+    if holds_text(tags.get(XP_KEYWORDS)):
+        existing = _xp_keywords(tags.get(XP_KEYWORDS))
+        added = _missing(existing, [ucs2(kw) for kw in keywords if ";" not in kw])
+        if added:
+            values[XP_KEYWORDS] = ";".join(existing + added)
+    return values
+
+
 def _iptc_in_sync(tags: Mapping[str, object]) -> bool:
     """MWG: XMP mirrors the IPTC unless a stored IPTCDigest disagrees with the current IPTC."""
     stored, current = tags.get(IPTC_DIGEST), tags.get(CURRENT_IPTC_DIGEST)
@@ -367,6 +586,17 @@ def _missing(existing: Sequence[str], wanted: Sequence[str]) -> list[str]:
     return [kw for kw in wanted if kw.casefold() not in have]
 
 
+def _file_state(tags: Mapping[str, object]) -> dict[str, object]:
+    """Facts about the blocks a write may create or re-encode, so a restore can undo that too."""
+    return {
+        "exif": EXIF_BYTE_ORDER in tags,
+        "iptc_digest": tags.get(CURRENT_IPTC_DIGEST),
+        "iptc_envelope": tags.get(IPTC_ENVELOPE),
+        "iptc_app_version": tags.get(IPTC_APP_VERSION),
+        "xmp_toolkit": tags.get(XMP_TOOLKIT),
+    }
+
+
 def _owned_values(tags: Mapping[str, object], names: Sequence[str]) -> dict[str, object]:
     values: dict[str, object] = {name: tags.get(name) for name in names}
     for name, value in tags.items():  # other languages of a lang-alt description
@@ -393,13 +623,19 @@ def existing_metadata(
             description = candidate
         keywords = _merge_keywords(keywords, as_list(sidecar_tags.get(XMP_SUBJECT)))
     original: dict[str, object] = {
-        "file": {"path": str(photo), "tags": _owned_values(file_tags, OWNED_TAGS)},
+        "file": {
+            "path": str(photo),
+            "tags": _owned_values(file_tags, OWNED_TAGS),
+            "state": _file_state(file_tags),
+        },
         "sidecar": {
             "path": str(sidecar),
             "exists": sidecar_tags is not None,
             "tags": _owned_values(sidecar_tags or {}, SIDECAR_OWNED_TAGS) if sidecar_tags is not None else {},
         },
     }
+    if sidecar_tags is not None:
+        original["sidecar"]["state"] = {"xmp_toolkit": sidecar_tags.get(XMP_TOOLKIT)}  # type: ignore[index]
     return ExistingMetadata(description=description, keywords=tuple(keywords), original=original)
 
 
@@ -411,7 +647,8 @@ def embed_args(caption: str, keywords: Sequence[str], tags: Mapping[str, object]
     dropped and nothing duplicated.
     """
     value = escape_value(caption)
-    args = ["-ex", f"-{XMP_DESCRIPTION}={value}", f"-{EXIF_DESCRIPTION}={value}"]
+    args = ["-ex", f"-{XMP_DESCRIPTION}-x-default={value}", f"-{EXIF_DESCRIPTION}={value}"]
+    args += [f"-{name}={escape_value(v)}" for name, v in if_present_values(caption, keywords, tags).items()]
     subject = as_list(tags.get(XMP_SUBJECT))
     # When IPTC holds the keywords by MWG rules (no XMP yet, or IPTC edited later), bring them into
     # XMP too: XMP-only readers would otherwise see just the new keywords.
@@ -438,7 +675,7 @@ def embed_args(caption: str, keywords: Sequence[str], tags: Mapping[str, object]
 
 def sidecar_args(caption: str, keywords: Sequence[str], tags: Mapping[str, object]) -> list[str]:
     """ExifTool arguments for an XMP sidecar whose current tags are ``tags`` (empty for a new one)."""
-    args = ["-ex", f"-{XMP_DESCRIPTION}={escape_value(caption)}"]
+    args = ["-ex", f"-{XMP_DESCRIPTION}-x-default={escape_value(caption)}"]
     subject = as_list(tags.get(XMP_SUBJECT))
     added = _missing(subject, keywords)
     if added:
@@ -461,9 +698,14 @@ def caption_problems(
     *,
     exif: bool = True,
     iptc: bool = False,
+    expected: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """What is missing from a read-back: empty when the caption and keywords landed exactly."""
+    """What is missing from a read-back: empty when the caption and keywords landed exactly.
+    ``expected``: further tags that must read back as the given text (the Windows fields)."""
     problems = []
+    for name, value in (expected or {}).items():
+        if _text(tags.get(name)) != value:
+            problems.append(f"{name} reads back as {_text(tags.get(name))!r}")
     checks = [XMP_DESCRIPTION] + ([EXIF_DESCRIPTION] if exif else [])
     if iptc and len(caption.encode()) <= IPTC_CAPTION_LIMIT:
         checks.append(IPTC_CAPTION)
@@ -486,7 +728,8 @@ def unexpected_changes(
 ) -> list[str]:
     """Tags (from ``exiftool -a -G1 -j``) that a caption write removed or changed but must not have.
 
-    Owned tags, ExifTool bookkeeping, file-system facts and structural offsets are ignored. Tags the
+    Owned tags, ExifTool bookkeeping, file-system facts and structural offsets are ignored (other
+    languages of the description are not owned: only x-default is written). Tags the
     write *added* are not reported here (ExifTool adds the EXIF-mandatory IFD0 tags when it creates an
     EXIF block, and can reveal data it skipped before); empty values that vanish are not a loss
     (ExifTool drops empty ``rdf:Seq`` lists such as darktable's masks_history).
@@ -495,7 +738,7 @@ def unexpected_changes(
     problems = []
     for name, old in before.items():
         group, _, tag = name.partition(":")
-        if group in _VOLATILE_GROUPS or name in skip or name.startswith(XMP_DESCRIPTION + "-"):
+        if group in _VOLATILE_GROUPS or name in skip:
             continue
         if _STRUCTURAL_TAG.search(tag):
             continue
@@ -535,6 +778,94 @@ def dropped_keywords(before: Mapping[str, object], after: Mapping[str, object]) 
         remaining = set(as_list(after.get(name)))
         lost += [f"{name} lost {kw!r}" for kw in as_list(before.get(name)) if kw not in remaining]
     return lost
+
+
+def _same_value(name: str, a: object, b: object) -> bool:
+    if name in LIST_TAGS:
+        return as_list(a) == as_list(b)
+    return _text(a) == _text(b)
+
+
+def _assign(name: str, value: object) -> list[str]:
+    """Arguments that make tag ``name`` hold ``value`` exactly (None: absent; "": present but empty)."""
+    tag = f"{name}-x-default" if name == XMP_DESCRIPTION else name  # other languages stay
+    if value is None:
+        return [f"-{tag}="]
+    if name in LIST_TAGS:
+        items = as_list(value)
+        return [f"-{tag}={escape_value(v)}" for v in items] if items else [f"-{tag}="]
+    text = _text(value) or ""
+    return [f"-{tag}={escape_value(text)}"] if text else [f"-{tag}^="]
+
+
+def restore_args(
+    original: Mapping[str, object], state: Mapping[str, object], current: Mapping[str, object]
+) -> tuple[list[str], dict[str, object]]:
+    """ExifTool arguments that put the ``original`` description/keyword values back into a file whose
+    tags are now ``current`` (both as :meth:`ExifToolSession.read` records them).
+
+    Returns the arguments (empty: nothing differs) and, per restored tag, the value it must read back
+    as (None: absent). IPTC that phototag re-encoded to UTF-8 is encoded back to its original
+    character set, and an IPTCDigest phototag added is removed again (one it refreshed is refreshed).
+    """
+    iptc_ok = _has_iptc(current) and str(current.get("File:FileType")) in IPTC_WRITABLE_TYPES
+    targets = {
+        name: original.get(name)
+        for name in RESTORABLE_TAGS
+        if (iptc_ok or not name.startswith("IPTC:")) and not _same_value(name, original.get(name), current.get(name))
+    }
+    args: list[str] = []
+    if any(name.startswith("XMP-") for name in targets) and "xmp_toolkit" in state:
+        if not _same_value(XMP_TOOLKIT, state["xmp_toolkit"], current.get(XMP_TOOLKIT)):
+            targets[XMP_TOOLKIT] = state["xmp_toolkit"]  # ExifTool stamped itself on the write
+    iptc_changed = any(name.startswith("IPTC:") for name in targets)
+    if iptc_ok and original.get(IPTC_CHARSET) != current.get(IPTC_CHARSET):
+        # Copy the IPTC onto itself under the original character set (ExifTool FAQ 10, backwards).
+        args += ["-tagsFromFile", "@", "-IPTC:all", f"--{IPTC_CHARSET}", f"--{IPTC_ENVELOPE}"]
+        args += [f"--{name}" for name in targets if name.startswith("IPTC:")]
+        targets[IPTC_CHARSET] = original.get(IPTC_CHARSET)
+        iptc_changed = True
+    for name, value in targets.items():
+        args += _assign(name, value)
+    if iptc_changed:
+        # ExifTool adds EnvelopeRecordVersion whenever it rewrites record 1, and drops record 2 when
+        # only ApplicationRecordVersion is left in it: undo the one, keep the other.
+        if state.get("iptc_envelope") is None and current.get(IPTC_ENVELOPE) is not None:
+            args.append(f"-{IPTC_ENVELOPE}=")
+        if state.get("iptc_app_version") is not None:
+            args += _assign(IPTC_APP_VERSION, state["iptc_app_version"])
+        digest = original.get(IPTC_DIGEST)
+        if digest is None and current.get(IPTC_DIGEST) is not None:
+            args.append(f"-{IPTC_DIGEST}=")
+        elif digest is not None and digest == state.get("iptc_digest"):
+            args.append(f"-{IPTC_DIGEST}=new")  # it was in sync before: keep it so
+    return (["-ex", *args] if args else []), targets
+
+
+def restore_problems(after: Mapping[str, object], targets: Mapping[str, object]) -> list[str]:
+    """Restored tags that do not read back as they should."""
+    problems = []
+    for name, want in targets.items():
+        got = after.get(name)
+        if name == IPTC_CHARSET:
+            if _declares_utf8({IPTC_CHARSET: want}) != _declares_utf8(after) or (want is None) != (got is None):
+                problems.append(f"{name} reads back as {got!r}")
+        elif not _same_value(name, want, got):
+            problems.append(f"{name} reads back as {_short(got)}, not {_short(want)}")
+    return problems
+
+
+def _created_exif_only(record: Mapping[str, object]) -> bool:
+    """True when a file's EXIF holds nothing but phototag's fields and the tags ExifTool adds with a
+    new EXIF block: the EXIF phototag itself created, safe to remove on restore."""
+    exif = {name for name in record if name.split(":")[0] in _EXIF_GROUPS}
+    return bool(exif) and exif <= (set(RESTORABLE_TAGS) | _MANDATORY_EXIF_TAGS)
+
+
+def _phototag_only_sidecar(record: Mapping[str, object]) -> bool:
+    """True when a sidecar holds nothing but what phototag writes into a new one."""
+    ours = {XMP_DESCRIPTION, XMP_SUBJECT} | _INCIDENTAL_TAGS
+    return all(name.split(":")[0] in _VOLATILE_GROUPS or name in ours for name in record)
 
 
 def _short(value: object) -> str:
@@ -582,12 +913,52 @@ def _remove_quietly(*paths: Path) -> None:
             pass
 
 
-def _commit(tmp: Path, target: Path, mode_from: Path | None) -> None:
-    """Give ``tmp`` the permission bits of ``mode_from``, flush it and atomically move it onto ``target``."""
-    if mode_from is not None:
-        os.chmod(tmp, stat.S_IMODE(os.stat(mode_from).st_mode))
+def _copy_owner(path: Path, like: os.stat_result) -> None:
+    """Best effort: give ``path`` the owner and group of ``like`` (root can; others may set a group)."""
+    if not hasattr(os, "chown"):
+        return
+    current = os.stat(path)
+    for uid, gid in ((like.st_uid, like.st_gid), (-1, like.st_gid)):
+        if (current.st_uid, current.st_gid) == (like.st_uid, like.st_gid):
+            return
+        try:
+            os.chown(path, uid, gid)
+            return
+        except OSError:
+            continue
+
+
+def _copy_xattrs(source: Path, path: Path) -> None:
+    """Best effort: extended attributes (Finder/desktop tags, ACLs, SELinux labels) survive a write."""
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.setxattr(path, name, os.getxattr(source, name))
+        except OSError as exc:
+            log.debug("cannot copy extended attribute %s to %s: %s", name, path, exc)
+
+
+def _commit(tmp: Path, target: Path, mode_from: Path | None, *, keep_mtime: bool = False) -> None:
+    """Give ``tmp`` the permissions, owner and extended attributes of ``mode_from``, flush it and
+    atomically move it onto ``target``. ``keep_mtime``: ``target`` keeps ``mode_from``'s mtime."""
+    like = os.stat(mode_from) if mode_from is not None else None
+    if mode_from is not None and like is not None:
+        _copy_owner(tmp, like)
+        os.chmod(tmp, stat.S_IMODE(like.st_mode))
+        _copy_xattrs(mode_from, tmp)
     _fsync_file(tmp)
     os.replace(tmp, target)
+    if keep_mtime and like is not None:
+        # After the rename, not before: a temp file with an old mtime would look like a crash's leftover.
+        try:
+            os.utime(target, ns=(like.st_atime_ns, like.st_mtime_ns))
+        except OSError as exc:
+            log.warning("%s: written, but its mtime could not be kept: %s", target, exc.strerror or exc)
     _fsync_dir(target.parent)
 
 
@@ -599,11 +970,18 @@ class ExifToolSession:
     """One long-running exiftool process (pyexiftool ExifToolHelper), thread-safe via a lock.
 
     ``mode``: "embed" writes into the photo (RAW and refused formats get a sidecar), "sidecar" never
-    touches originals, "both" embeds and writes the sidecar. ``sidecar_naming``: see :func:`sidecar_path`.
+    touches originals, "both" embeds and writes the sidecar. ``sidecar_naming``: see :func:`sidecar_for`.
+    ``keep_mtime``: a photo written into keeps its modification time (off by default: backup tools,
+    sync clients and file watchers rely on the mtime to notice a changed file).
     """
 
     def __init__(
-        self, executable: str | None = None, *, sidecar_naming: str = "ext", mode: str = "embed"
+        self,
+        executable: str | None = None,
+        *,
+        sidecar_naming: str = "ext",
+        mode: str = "embed",
+        keep_mtime: bool = False,
     ) -> None:
         if sidecar_naming not in SIDECAR_NAMINGS:
             raise ValueError(f"sidecar_naming must be one of {SIDECAR_NAMINGS}, not {sidecar_naming!r}")
@@ -615,10 +993,24 @@ class ExifToolSession:
         self.executable = resolved
         self.sidecar_naming = sidecar_naming
         self.mode = mode
+        self.keep_mtime = keep_mtime
         self._lock = threading.RLock()
         self._helper = None
         self._closed = False
         self._start()
+
+    @classmethod
+    def from_settings(cls, settings: MetadataSettings) -> ExifToolSession:
+        """The session the ``[metadata]`` config asks for (every command that writes uses this)."""
+        return cls(
+            settings.exiftool or None,
+            sidecar_naming=settings.sidecar_naming,
+            mode=settings.mode,
+            keep_mtime=settings.keep_mtime,
+        )
+
+    def sidecar_for(self, photo: Path) -> Path:
+        return sidecar_for(photo, self.sidecar_naming)
 
     # -- process ------------------------------------------------------------------------------------
 
@@ -731,12 +1123,12 @@ class ExifToolSession:
         """Existing description, keywords and raw owned values of ``photo`` (and its sidecar): one call."""
         photo = Path(photo)
         file_tags, sidecar_tags = self._read_owned(photo)
-        return existing_metadata(photo, file_tags, sidecar_path(photo, self.sidecar_naming), sidecar_tags)
+        return existing_metadata(photo, file_tags, self.sidecar_for(photo), sidecar_tags)
 
     def _read_owned(self, photo: Path) -> tuple[dict, dict | None]:
         if not photo.is_file():
             raise MetadataError(f"{photo}: no such file")
-        sidecar = sidecar_path(photo, self.sidecar_naming)
+        sidecar = self.sidecar_for(photo)
         paths = [photo, sidecar] if sidecar.is_file() else [photo]
         records = self._read_json(paths, _READ_TAGS)
         file_tags = records[0]
@@ -777,34 +1169,68 @@ class ExifToolSession:
             return WriteResult("embedded", photo, also_written=(side.target,) if side else ())
 
     def _embed(self, photo: Path, caption: str, keywords: list[str], tags: Mapping[str, object]) -> None:
-        if not os.access(photo, os.W_OK):
+        info = os.stat(photo)
+        if not os.access(photo, os.W_OK) or not info.st_mode & 0o222:
             raise _Unwritable("the photo is read-only")
+        if info.st_nlink > 1:
+            raise _Unwritable(f"the photo has {info.st_nlink} hard links; replacing it would split them")
+        _check_folder_writable(photo)
         args, wrote_iptc = embed_args(caption, keywords, tags)
-        tmp = temp_path(photo)
+        extra = if_present_values(caption, keywords, tags)
+        owned = set(OWNED_TAGS) - (set(IF_PRESENT_TAGS) - set(extra))
+
+        def check(before: Mapping[str, object], after: Mapping[str, object]) -> str | None:
+            problems = caption_problems(after, caption, keywords, iptc=wrote_iptc, expected=extra)
+            if problems:
+                return "partial write: " + "; ".join(problems)
+            changed = dropped_keywords(before, after) + unexpected_changes(before, after, owned)
+            if changed:
+                return "writing would change other tags: " + "; ".join(changed[:3])
+            return None
+
+        self._safe_edit(photo, args, check, rejected=_Unwritable, keep_mtime=self.keep_mtime)
+
+    def _safe_edit(
+        self,
+        target: Path,
+        args: Sequence[str],
+        check: Callable[[Mapping[str, object], Mapping[str, object]], str | None],
+        *,
+        rejected: Callable[[str], Exception],
+        keep_mtime: bool = False,
+    ) -> None:
+        """Apply ``args`` to a hidden temp copy of ``target`` (which need not exist yet), read both back,
+        let ``check(before, after)`` veto, then atomically replace ``target``.
+
+        A refusal or veto raises ``rejected(reason)``; a file-system error raises MetadataError. Either
+        way ``target`` is untouched and no temp file is left.
+        """
+        tmp = temp_path(target)
         leftovers = (tmp, Path(f"{tmp}_exiftool_tmp"))
         _remove_quietly(*leftovers)  # a stale temp from a crash would make exiftool refuse
+        exists = target.is_file()
+        # A new sidecar is created in place; WebP (and sidecars) are copied, then edited in place.
+        edit_in_place = not exists or target.suffix.lower() in COPY_THEN_WRITE_SUFFIXES | {".xmp"}
         try:
-            if photo.suffix.lower() in COPY_THEN_WRITE_SUFFIXES:
-                shutil.copyfile(photo, tmp)
+            if edit_in_place:
+                if exists:
+                    shutil.copyfile(target, tmp)
                 command = [*args, "-overwrite_original", _arg_path(tmp)]
             else:
-                command = [*args, "-o", _arg_path(tmp), _arg_path(photo)]
+                command = [*args, "-o", _arg_path(tmp), _arg_path(target)]
             _, stderr, status = self._run(command)
-            if status != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
-                message = _one_line(stderr, photo, tmp)
+            if status != 0 or not tmp.is_file() or (exists and tmp.stat().st_size == 0):
+                message = _one_line(stderr, target, tmp)
                 if _IO_ERROR.search(message):
-                    raise MetadataError(f"{photo}: exiftool could not write: {message}")
-                raise _Unwritable(f"exiftool refused to write it ({message})")
-            before, after = self._read_json([photo, tmp], everything=True)
-            problems = caption_problems(after, caption, keywords, iptc=wrote_iptc)
-            if problems:
-                raise _Unwritable("partial write: " + "; ".join(problems))
-            changed = dropped_keywords(before, after) + unexpected_changes(before, after)
-            if changed:
-                raise _Unwritable("writing would change other tags: " + "; ".join(changed[:3]))
-            _commit(tmp, photo, mode_from=photo)
+                    raise MetadataError(f"{target}: exiftool could not write: {message}")
+                raise rejected(f"exiftool refused to write it ({message})")
+            records = self._read_json([target, tmp] if exists else [tmp], everything=True)
+            problem = check(records[0] if exists else {}, records[-1])
+            if problem:
+                raise rejected(problem)
+            _commit(tmp, target, mode_from=target if exists else None, keep_mtime=keep_mtime and exists)
         except OSError as exc:
-            raise MetadataError(f"{photo}: {exc.strerror or exc}") from exc
+            raise MetadataError(f"{target}: {exc.strerror or exc}") from exc
         finally:
             _remove_quietly(*leftovers)
 
@@ -817,44 +1243,154 @@ class ExifToolSession:
         sidecar_tags: Mapping[str, object] | None,
     ) -> WriteResult:
         """Create or merge ``photo``'s XMP sidecar through a temp copy; other tags and namespaces survive."""
-        target = sidecar_path(photo, self.sidecar_naming)
-        tmp = temp_path(target)
-        leftovers = (tmp, Path(f"{tmp}_exiftool_tmp"))
-        _remove_quietly(*leftovers)
+        target = self.sidecar_for(photo)
         exists = target.is_file()
         if exists and sidecar_tags is None:
             raise MetadataError(f"{target}: existing sidecar is unreadable; not touching it")
+        if not exists:
+            _check_folder_writable(photo)
         # A new sidecar starts with the photo's own keywords: readers that prefer the sidecar keep them.
         wanted = keywords if exists else _merge_keywords(photo_keywords, keywords)
-        try:
-            if exists:
-                shutil.copyfile(target, tmp)
-            _, stderr, status = self._run(
-                [
-                    *sidecar_args(caption, wanted, sidecar_tags or {}),
-                    "-overwrite_original",
-                    _arg_path(tmp),
-                ]
-            )
-            if status != 0 or not tmp.is_file():
-                raise MetadataError(
-                    f"{target}: exiftool could not write the sidecar: {_one_line(stderr, tmp)}"
-                )
-            paths = [target, tmp] if exists else [tmp]
-            records = self._read_json(paths, everything=True)
-            after = records[-1]
+
+        def check(before: Mapping[str, object], after: Mapping[str, object]) -> str | None:
             problems = caption_problems(after, caption, wanted, exif=False)
             if exists:
-                problems += dropped_keywords(records[0], after)
-                problems += unexpected_changes(records[0], after, owned=SIDECAR_OWNED_TAGS)
-            if problems:
-                raise MetadataError(f"{target}: sidecar check failed: " + "; ".join(problems[:3]))
-            _commit(tmp, target, mode_from=target if exists else None)
-        except OSError as exc:
-            raise MetadataError(f"{target}: {exc.strerror or exc}") from exc
-        finally:
-            _remove_quietly(*leftovers)
+                problems += dropped_keywords(before, after)
+                problems += unexpected_changes(before, after, owned=SIDECAR_OWNED_TAGS)
+            return "; ".join(problems[:3]) if problems else None
+
+        def rejected(reason: str) -> MetadataError:
+            return MetadataError(f"{target}: sidecar not written: {reason}")
+
+        self._safe_edit(target, sidecar_args(caption, wanted, sidecar_tags or {}), check, rejected=rejected)
         return WriteResult("sidecar", target)
+
+    # -- restoring --------------------------------------------------------------------------------------
+
+    def restore(self, photo: Path, original: Mapping[str, object]) -> RestoreResult:
+        """Put back the description/keyword values ``original`` (``ExistingMetadata.original``, as the
+        index stored it before phototag's first write) recorded for ``photo`` and its sidecar.
+
+        Only values that differ are written (a photo phototag never touched is not rewritten), through
+        the same verified temp-copy path as a write; a field that was absent is removed again, an EXIF
+        or XMP block phototag created disappears with it. A sidecar phototag created is deleted, or, if
+        another tool has added to it since, stripped of phototag's values; a sidecar that existed before
+        gets its own values back. Raises MetadataError (one line); the photo is then untouched.
+        """
+        photo = Path(photo)
+        if photo.is_symlink():
+            photo = photo.resolve()
+        file_part = _mapping(original.get("file"))
+        side_part = _mapping(original.get("sidecar"))
+        with self._lock:
+            if not photo.is_file():
+                raise MetadataError(f"{photo}: no such file")
+            restored = False
+            if file_part.get("tags") is not None:
+                restored = self._restore_photo(photo, _mapping(file_part["tags"]), _mapping(file_part.get("state")))
+            side = _recorded_sidecar(photo, file_part, side_part)
+            action = self._restore_sidecar(side, side_part) if side is not None else None
+        return RestoreResult(restored, action, side if action else None)
+
+    def _restore_photo(self, photo: Path, original: Mapping[str, object], state: Mapping[str, object]) -> bool:
+        current = self._read_json([photo], _READ_TAGS)[0]
+        _check_image(photo, current)
+        args, targets = restore_args(original, state, current)
+        if not args:
+            return False
+        owned = set(RESTORABLE_TAGS) | {IPTC_CHARSET, IPTC_DIGEST, IPTC_ENVELOPE, IPTC_APP_VERSION}
+        if not state.get("exif", True) and original.get(EXIF_DESCRIPTION) is None:
+            # The EXIF block may be phototag's own creation: drop it if nothing else lives there.
+            if _created_exif_only(self._read_json([photo], everything=True)[0]):
+                args.append("-EXIF:all=")
+                owned |= _MANDATORY_EXIF_TAGS
+
+        def check(before: Mapping[str, object], after: Mapping[str, object]) -> str | None:
+            problems = restore_problems(after, targets) + unexpected_changes(before, after, owned)
+            return "restore check failed: " + "; ".join(problems[:3]) if problems else None
+
+        def rejected(reason: str) -> MetadataError:
+            return MetadataError(f"{photo}: not restored: {reason}")
+
+        info = os.stat(photo)
+        if not os.access(photo, os.W_OK) or not info.st_mode & 0o222:
+            raise MetadataError(f"{photo}: not restored: the photo is read-only")
+        if info.st_nlink > 1:
+            raise MetadataError(f"{photo}: not restored: {info.st_nlink} hard links, replacing it would split them")
+        _check_folder_writable(photo)
+        self._safe_edit(photo, args, check, rejected=rejected, keep_mtime=self.keep_mtime)
+        return True
+
+    def _restore_sidecar(self, side: Path, recorded: Mapping[str, object]) -> str | None:
+        if not side.is_file():
+            return None  # never written, or removed since: nothing to undo (and nothing to recreate)
+
+        def rejected(reason: str) -> MetadataError:
+            return MetadataError(f"{side}: not restored: {reason}")
+
+        if recorded.get("exists"):
+            current = self._read_json([side], _READ_TAGS)[0]
+            original = _mapping(recorded.get("tags"))
+            targets = {
+                name: original.get(name)
+                for name in SIDECAR_OWNED_TAGS
+                if not _same_value(name, original.get(name), current.get(name))
+            }
+            state = _mapping(recorded.get("state"))
+            if targets and "xmp_toolkit" in state and not _same_value(
+                XMP_TOOLKIT, state["xmp_toolkit"], current.get(XMP_TOOLKIT)
+            ):
+                targets[XMP_TOOLKIT] = state["xmp_toolkit"]  # ExifTool stamped itself on the write
+            action = "restored"
+        else:
+            record = self._read_json([side], everything=True)[0]
+            if _phototag_only_sidecar(record):
+                try:
+                    side.unlink()
+                    _fsync_dir(side.parent)
+                except OSError as exc:
+                    raise MetadataError(f"{side}: not removed: {exc.strerror or exc}") from exc
+                return "removed"
+            targets = {name: None for name in SIDECAR_OWNED_TAGS if record.get(name) not in (None, "", [])}
+            action = "stripped"
+        if not targets:
+            return None
+        args = ["-ex"] + [arg for name, value in targets.items() for arg in _assign(name, value)]
+
+        def check(before: Mapping[str, object], after: Mapping[str, object]) -> str | None:
+            problems = restore_problems(after, targets) + unexpected_changes(before, after, SIDECAR_OWNED_TAGS)
+            return "restore check failed: " + "; ".join(problems[:3]) if problems else None
+
+        self._safe_edit(side, args, check, rejected=rejected)
+        return action
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _recorded_sidecar(photo: Path, file_part: Mapping[str, object], side_part: Mapping[str, object]) -> Path | None:
+    """The sidecar recorded before the first write, moved along if the photo has moved since (the
+    index follows moves). The recorded name wins over today's ``sidecar_naming``."""
+    recorded = side_part.get("path")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    side, was = Path(recorded), Path(str(file_part.get("path") or photo))
+    if was == photo:
+        return side
+    if side.name == was.name + ".xmp":
+        return sidecar_path(photo, "ext")
+    if side.name == was.stem + ".xmp":
+        return sidecar_path(photo, "base")
+    return None
+
+
+def _check_folder_writable(photo: Path) -> None:
+    """A clear reason instead of exiftool's "Error creating file" when nothing can be written beside
+    ``photo`` (neither a temp copy nor a sidecar). Root passes the mode check; exiftool then fails."""
+    folder = photo.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MetadataError(f"{photo}: its folder is read-only; neither the photo nor a sidecar can be written")
 
 
 def _check_image(photo: Path, tags: Mapping[str, object]) -> None:

@@ -484,13 +484,15 @@ class MetadataWrites:
         with self.index.transaction() as session:
             for task in to_write:
                 row = self._row(session, task)
-                row.caption, row.caption_source, row.keywords = task.caption, SOURCE_MODEL, " ".join(task.keywords)
+                row.caption, row.caption_source, row.keywords = task.caption, SOURCE_MODEL, index_keywords(task)
                 row.model_name, row.prompt = self.model.name, self.model.prompt
         # 2. write the files
         results: dict[int, tuple[str, str | None]] = {}
         for i, task in enumerate(to_write):
             try:
                 written = self.exiftool.write(task.path, task.caption or "", task.keywords)
+                if written.fallback_reason:
+                    log.info("wrote a sidecar instead: %s", written.fallback_reason)
                 results[i] = ("ok", str(written.target) if written.kind == "sidecar" else "embedded")
             except MetadataError as exc:
                 results[i] = ("failed", str(exc))
@@ -553,6 +555,15 @@ class MetadataWrites:
             pass
 
 
+def index_keywords(task: Task) -> str:
+    """The keywords the photo carries after the write: its own (a person's are never dropped, and
+    ``tag:`` must find them) followed by those derived from the new caption."""
+    merged: dict[str, str] = {}
+    for keyword in (*task.existing.keywords, *task.keywords):
+        merged.setdefault(keyword.casefold(), keyword)
+    return " ".join(merged.values())
+
+
 class ReportWrites:
     """The dry-run write stage: say what would be written; touch neither photos nor index."""
 
@@ -565,6 +576,11 @@ class ReportWrites:
                 outcomes.append(Outcome(task.path, HUMAN, caption=task.caption))
             else:
                 outcomes.append(
-                    Outcome(task.path, WOULD_WRITE, caption=task.caption, old_description=task.existing.description)
+                    Outcome(
+                        task.path,
+                        WOULD_WRITE,
+                        caption=task.caption,
+                        old_description=task.existing.current_description(),
+                    )
                 )
         return outcomes

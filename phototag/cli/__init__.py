@@ -65,9 +65,9 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
 
 
 def _register() -> None:
-    from phototag.cli import backfill, search, show, status, watch
+    from phototag.cli import backfill, restore, search, show, status, watch
 
-    for module in (backfill, search, show, status, watch):
+    for module in (backfill, search, show, status, watch, restore):
         main.add_command(module.command)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from phototag.cli import AppContext, pass_app
 from phototag.cli.options import apply_model_options, model_options
 from phototag.cli.progress import Progress
 from phototag.index import PhotoIndex, remove_missing
-from phototag.metadata import ExifToolSession, MetadataError
+from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
 from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 from phototag.scan import count_photos, walk_photos
 
@@ -34,6 +36,8 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
     Photos already captioned and unchanged are skipped, so an interrupted backfill resumes where it
     stopped. Descriptions a person wrote are kept (and indexed) unless --overwrite is given. RAW files
     get an XMP sidecar (photo.nef.xmp). Ctrl-C finishes the batch in flight and stops cleanly.
+    --dry-run prints "path<TAB>old description<TAB>new caption" for each photo it would caption and
+    changes nothing on disk. Temp files a crashed run left beside the photos are removed first.
 
     \b
     Examples:
@@ -58,34 +62,44 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         def outcome_sink(outcome: Outcome) -> None:
             progress(outcome)
             if outcome.kind == WOULD_WRITE:
-                old = outcome.old_description or ""
-                click.echo(f"{outcome.path}\t{old}\t{outcome.caption}")
+                old = _one_field(outcome.old_description or "")
+                click.echo(f"{outcome.path}\t{old}\t{_one_field(outcome.caption or '')}")
 
-    index = PhotoIndex(settings.db_path())
+    cleanup = ExitStack()
+    db = settings.db_path()
+    if dry_run and not db.exists():  # a dry run creates no index either
+        db = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
+    index = PhotoIndex(db)
+    cleanup.callback(index.close)
     try:
-        exiftool = ExifToolSession(
-            settings.metadata.exiftool or None,
-            sidecar_naming=settings.metadata.sidecar_naming,
-            mode=settings.metadata.mode,
-        )
+        exiftool = ExifToolSession.from_settings(settings.metadata)
     except MetadataError as exc:
+        cleanup.close()
         raise click.ClickException(str(exc)) from None
-    with exiftool:
+    if not dry_run:
+        stale = clean_stale_temps(roots)
+        if stale:
+            click.echo(f"removed {len(stale)} temp files left by an interrupted run", err=True)
+    with cleanup, exiftool:
         pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
                             on_outcome=outcome_sink).start()
         threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
         completed = _feed(pipeline, roots)
         progress.finish()
+        if completed and not dry_run:
+            removed = remove_missing(index, roots)
+            if removed:
+                click.echo(f"removed {len(removed)} photos no longer on disk from the index", err=True)
     if pipeline.error is not None:
         raise click.ClickException(str(pipeline.error))
-    if completed and not dry_run:
-        removed = remove_missing(index, roots)
-        if removed:
-            click.echo(f"removed {len(removed)} photos no longer on disk from the index", err=True)
-    index.close()
     click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)
     if not completed:
         sys.exit(130)
+
+
+def _one_field(text: str) -> str:
+    """Keep a dry-run line one line with three fields: tabs, line breaks and backslashes escaped."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _count_into(progress: Progress, roots: list[Path]) -> None:

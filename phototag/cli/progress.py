@@ -17,7 +17,18 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, enabled: bool = True, interval: float = 10.0) -> None:
+    """``rate_of``: the outcome kinds the rate counts, shown as ``rate_unit`` (captions by default)."""
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        interval: float = 10.0,
+        *,
+        rate_of: tuple[str, ...] = (CAPTIONED, WOULD_WRITE),
+        rate_unit: str = "captions/s",
+    ) -> None:
+        self.rate_of = rate_of
+        self.rate_unit = rate_unit
         self.counts: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []
         self.total: int | None = None
@@ -60,11 +71,11 @@ class Progress:
 
     def line(self) -> str:
         done = self.done
-        captioned = self.counts[CAPTIONED] + self.counts[WOULD_WRITE]
+        counted = sum(self.counts[kind] for kind in self.rate_of)
         elapsed = time.monotonic() - self._start
-        rate = captioned / elapsed if elapsed > 0 else 0.0
+        rate = counted / elapsed if elapsed > 0 else 0.0
         total = f"/{self.total}" if self.total is not None else ""
-        text = f"{done}{total} photos  {rate:.2f} captions/s  elapsed {_duration(elapsed)}"
+        text = f"{done}{total} photos  {rate:.2f} {self.rate_unit}  elapsed {_duration(elapsed)}"
         if self.total is not None and rate > 0:
             text += f"  ETA {_duration(max(0, self.total - done) / rate)}"
         return text
