@@ -42,7 +42,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     """
     from phototag.daemon import AlreadyRunning, DaemonLock
     from phototag.index import PhotoIndex
-    from phototag.metadata import ExifToolSession, MetadataError
+    from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
     from phototag.watch import WatchDaemon
 
     settings = apply_model_options(app, model_values)
@@ -70,13 +70,12 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         raise click.ClickException(str(exc)) from None
     index = PhotoIndex(settings.db_path())
     try:
-        exiftool = ExifToolSession(
-            settings.metadata.exiftool or None,
-            sidecar_naming=settings.metadata.sidecar_naming,
-            mode=settings.metadata.mode,
-        )
+        exiftool = ExifToolSession.from_settings(settings.metadata)
     except MetadataError as exc:
         raise click.ClickException(str(exc)) from None
+    stale = clean_stale_temps(roots)  # the lock says no other phototag writes here: old temp files are ours
+    if stale:
+        log.info("removed %d temp files left by an interrupted run", len(stale))
     daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
     watch = settings.watch
     log.info("watching %s (settle %gs, rescan %s, index %s)", ", ".join(map(str, daemon.roots)),
