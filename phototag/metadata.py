@@ -966,6 +966,30 @@ def _commit(tmp: Path, target: Path, mode_from: Path | None, *, keep_mtime: bool
 # The session
 
 
+def _start_exiftool_in_own_session() -> None:
+    """Start exiftool in its own session, so a Ctrl-C at the terminal reaches phototag alone.
+
+    Otherwise the terminal's SIGINT also kills exiftool mid-write and that photo fails, although
+    phototag itself would have finished it. pyexiftool offers no Popen option, so its module's view
+    of ``subprocess`` gets a Popen that adds ``start_new_session`` (its parent-death signal stays).
+    """
+    import subprocess
+    import types
+
+    import exiftool.exiftool as module
+
+    if getattr(module.subprocess, "phototag_own_session", False):
+        return
+
+    class Popen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    names = {**vars(subprocess), "Popen": Popen, "phototag_own_session": True}
+    module.subprocess = types.SimpleNamespace(**names)
+
+
 class ExifToolSession:
     """One long-running exiftool process (pyexiftool ExifToolHelper), thread-safe via a lock.
 
@@ -1017,6 +1041,7 @@ class ExifToolSession:
     def _start(self) -> None:
         import exiftool  # pyexiftool; imported here so the rest of the module loads without it
 
+        _start_exiftool_in_own_session()
         helper = exiftool.ExifToolHelper(
             executable=self.executable,
             common_args=["-charset", "utf8", "-charset", "exif=utf8"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -39,7 +40,8 @@ def setup(tmp_path: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
 
 def start_backfill(config: Path, lib: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def done_rows(db: Path) -> dict[str, str]:
@@ -82,10 +84,12 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(setup: tuple[Path, Path, Path
     lib, db, config = setup
     proc = start_backfill(config, lib)
     wait_for_done(db, proc, at_least=3)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "stopping" in err
+    with sqlite3.connect(db) as conn:  # exiftool did not die with it: no write in flight failed
+        assert conn.execute("SELECT count(*) FROM photos WHERE status = 'failed'").fetchone()[0] == 0
     before = check_library(lib, db)
     assert 3 <= len(before) < 27
     mtimes = {p: Path(p).stat().st_mtime_ns for p in before}
