@@ -972,6 +972,7 @@ def _start_exiftool_in_own_session() -> None:
     Otherwise the terminal's SIGINT also kills exiftool mid-write and that photo fails, although
     phototag itself would have finished it. pyexiftool offers no Popen option, so its module's view
     of ``subprocess`` gets a Popen that adds ``start_new_session`` (its parent-death signal stays).
+    Its output reader is replaced too (see :func:`_read_until_marker`).
     """
     import subprocess
     import types
@@ -988,6 +989,27 @@ def _start_exiftool_in_own_session() -> None:
 
     names = {**vars(subprocess), "Popen": Popen, "phototag_own_session": True}
     module.subprocess = types.SimpleNamespace(**names)
+    if os.name == "posix":
+        module._read_fd_endswith = _read_until_marker
+
+
+def _read_until_marker(fd: int, marker: bytes, block_size: int) -> bytes:
+    """Read exiftool's output up to ``marker``, raising when the pipe closes.
+
+    pyexiftool's own loop treats end-of-file as "no data yet" and spins forever (a core at 100 %,
+    a growing list) once exiftool has died; this one fails the call, and the session restarts
+    exiftool for the next one.
+    """
+    chunks: list[bytes] = []
+    tail = b""
+    keep = len(marker) + 4
+    while not tail.strip().endswith(marker):
+        data = os.read(fd, block_size)
+        if not data:
+            raise OSError("exiftool closed its output (the process stopped)")
+        chunks.append(data)
+        tail = (tail + data)[-keep:]
+    return b"".join(chunks)
 
 
 class ExifToolSession:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -860,3 +861,25 @@ def _make_jpeg(path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 12), (120, 30, 200)).save(path, quality=90)
+
+
+def test_exiftool_dying_mid_call_fails_the_call_and_restarts(corpus: Path) -> None:
+    """pyexiftool alone spins forever on a dead exiftool; the session must fail fast and recover."""
+    import contextlib
+    import signal
+
+    from phototag.metadata import ExifToolSession, MetadataError
+
+    with ExifToolSession() as session:
+        pid = session._helper._process.pid
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        threading.Timer(0.3, kill).start()
+        started = time.monotonic()
+        with pytest.raises(MetadataError, match="exiftool"):
+            for _ in range(200):  # a slow read of the whole corpus, many times, until the kill lands
+                session._run(["-j", "-a", "-G1", "-r", str(corpus)])
+        assert time.monotonic() - started < 30
+        assert session.read(corpus / "jpg/Canon_40D.jpg").description is None  # a fresh exiftool answers
