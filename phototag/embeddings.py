@@ -9,7 +9,8 @@ never pays for it. The model is a hub id or a local folder (``[search] embedding
   indexed, in batches, so the captioning model never waits for it.
 - :func:`embed_missing` fills in vectors for an existing index (``phototag reindex --embeddings``).
 - :func:`query_vector` embeds a query: by a running daemon when one answers on its socket
-  (:mod:`phototag.embed_socket`), else by loading the model here.
+  (:mod:`phototag.embed_socket`), else torch-free (:mod:`phototag.bert_numpy`) where the model
+  allows, else by loading the model here.
 """
 
 from __future__ import annotations
@@ -251,8 +252,9 @@ class EmbedWorker:
         try:
             if self._embedder is None:
                 self._embedder = self._loader(self.model_name)
-            todo_ids = without_vectors(self.index, self._embedder.name, [photo_id for photo_id, _ in batch])
-            todo = [(photo_id, caption) for photo_id, caption in batch if photo_id in todo_ids and caption]
+            latest = dict(batch)  # a photo queued twice: its last caption
+            todo_ids = without_vectors(self.index, self._embedder.name, list(latest))
+            todo = [(photo_id, caption) for photo_id, caption in latest.items() if photo_id in todo_ids and caption]
             if todo:
                 vectors = self._embedder.encode([caption for _, caption in todo])
                 self.saved += store_vectors(self.index, self._embedder.name, todo, vectors)
@@ -267,13 +269,25 @@ class EmbedWorker:
 # -- queries ----------------------------------------------------------------------------------------
 
 
+_query_embedders: dict[str, Any] = {}
+
+
 def query_vector(model_name: str, query: str, *, socket_path: Path | None = None) -> np.ndarray:
-    """The unit vector of ``query``: asked of a running daemon when ``socket_path`` answers, else
-    computed here (loading the model takes seconds; the daemon has it loaded)."""
+    """The unit vector of ``query``, by the fastest way at hand: a running daemon that answers on
+    ``socket_path``; else a torch-free numpy pass when the model is a local BERT sentence embedder
+    (all-MiniLM-L6-v2 is); else sentence-transformers (seconds to import and load)."""
     if socket_path is not None:
         from phototag.embed_socket import ask
 
         vector = ask(socket_path, model_id(model_name), query)
         if vector is not None:
             return vector
+    key = model_id(model_name)
+    if key not in _query_embedders:
+        from phototag import bert_numpy
+
+        _query_embedders[key] = bert_numpy.load(model_name)
+    light = _query_embedders[key]
+    if light is not None:
+        return light.encode(query)
     return load_embedder(model_name).encode([query])[0]

@@ -204,8 +204,21 @@ def test_a_daemon_embeds_queries_so_search_skips_torch(library: Library, minilm:
     assert done.stdout.splitlines()[0] == str(library.photos["dog"])
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "sentence_transformers" not in imported
+    assert "tokenizers" not in imported  # the daemon embedded the query, not the torch-free path
     assert "numpy" in imported  # it did rank by vectors
     assert not default_socket_path().exists()
+
+
+def test_cold_search_by_meaning_without_a_daemon_needs_no_torch(library: Library) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search",
+         "food"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == str(library.photos["pasta"])
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "tokenizers" in imported and "torch" not in imported and "transformers" not in imported
+    assert "sqlalchemy" not in imported
 
 
 def test_contact_sheet_opens_in_a_browser_with_every_thumbnail(
