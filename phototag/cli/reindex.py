@@ -96,6 +96,21 @@ def _embeddings(index: PhotoIndex, model: str, progress_on: bool) -> None:
     saved = embed_missing(index, embedder, on_batch=progress.advance)
     progress.finish()
     click.echo(f"embeddings: {saved} captions embedded with {embedder.name}", err=True)
+    _warm_vector_cache(index.path, embedder.name)
+
+
+def _warm_vector_cache(db: Path, model: str) -> None:
+    """Copy the vectors for searching now, so the first search does not wait for it."""
+    from phototag.finder import connect, vectors_cache_dir
+    from phototag.vectors import VectorStore
+
+    conn = connect(db)
+    try:
+        VectorStore(conn, db, model, vectors_cache_dir()).sync()
+    except OSError as exc:
+        click.echo(f"embeddings: the search cache could not be written ({exc}); searches will try again", err=True)
+    finally:
+        conn.close()
 
 
 def _dates(index: PhotoIndex, exiftool_path: str | None, progress_on: bool) -> None:

@@ -94,7 +94,7 @@ def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | Non
                               before=before, tags=tags)
     except QueryError as exc:
         raise click.UsageError(str(exc)) from None
-    if parsed.is_empty and not parsed.text and not parsed.has_filters:
+    if not query and not parsed.has_filters:
         raise click.UsageError("nothing to search for: give words, a phrase or a filter")
     settings = app.settings
     db = settings.db_path()
