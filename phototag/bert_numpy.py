@@ -110,11 +110,9 @@ class NumpyBert:
 
     def encode(self, text: str) -> np.ndarray:
         """The unit-length embedding of ``text`` (mean of the last hidden states, normalised)."""
-        try:  # matrices this small are fastest on one thread; BLAS threads on a busy machine are 30x slower
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return self._encode(text)
-        with threadpool_limits(limits=1, user_api="blas"):
+        from phototag.vectors import one_blas_thread
+
+        with one_blas_thread():  # matrices this small: BLAS threads only get in each other's way
             return self._encode(text)
 
     def _encode(self, text: str) -> np.ndarray:

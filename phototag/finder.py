@@ -167,25 +167,21 @@ class Finder:
 
     def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
         """Up to ``want`` done photos matching ``expression``, best bm25 first, among the newest matches
-        (at most RANK_CAP of them: see the module docstring)."""
+        (at most RANK_CAP of them: see the module docstring). One pass: FTS5 walks the matches newest
+        first and scores only those inside the window."""
         restrict, args, cap = self._restriction(where, params)
-        row = self.conn.execute(
-            "SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?" + restrict
-            + " ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-            [expression, *args, max(cap, 4 * want)],
-        ).fetchone()
-        cut = row[0] if row else -(1 << 62)
         fetch = want
         while True:
             ranked = self.conn.execute(
-                "SELECT rowid, bm25(photos_fts) FROM photos_fts WHERE photos_fts MATCH ? AND rowid > ?" + restrict
-                + " ORDER BY 2 LIMIT ?",
-                [expression, cut, *args, fetch],
+                "SELECT rowid, score FROM (SELECT rowid, bm25(photos_fts) AS score FROM photos_fts "
+                "WHERE photos_fts MATCH ?" + restrict + " ORDER BY rowid DESC LIMIT ?) "
+                "ORDER BY score, rowid DESC LIMIT ?",
+                [expression, *args, max(cap, 4 * want), fetch],
             ).fetchall()
             if where:  # status was part of the restriction
-                return [(rowid, -rank) for rowid, rank in ranked]
+                return [(rowid, -score) for rowid, score in ranked]
             done = self._done_ids(rowid for rowid, _ in ranked)
-            hits = [(rowid, -rank) for rowid, rank in ranked if rowid in done]
+            hits = [(rowid, -score) for rowid, score in ranked if rowid in done]
             if len(hits) >= want or len(ranked) < fetch:
                 return hits[:want]
             fetch *= 4  # pending rows (captions being written) took places: look further

@@ -31,6 +31,19 @@ CHUNK_ROWS = 65536  # rows scored per step: 96 MiB of float32 at 384 dimensions
 FORMAT = 1
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread: the products here are memory-bound or tiny, and BLAS threads on a busy
+    machine are several times slower than one (threadpoolctl comes with sentence-transformers)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def cache_key(db: Path, model: str) -> str:
     return hashlib.sha256(f"{os.path.abspath(db)}\0{model}".encode()).hexdigest()[:20]
 
@@ -186,8 +199,9 @@ class VectorStore:
         if self.rows and query.shape[0] != self.dim:
             raise ValueError(f"query vector has {query.shape[0]} dimensions, the index's vectors {self.dim}")
         out = np.empty(self.rows, dtype=np.float32)
-        for start in range(0, self.rows, CHUNK_ROWS):
-            np.dot(self._vectors[start:start + CHUNK_ROWS], query, out=out[start:start + CHUNK_ROWS])
+        with one_blas_thread():
+            for start in range(0, self.rows, CHUNK_ROWS):
+                np.dot(self._vectors[start:start + CHUNK_ROWS], query, out=out[start:start + CHUNK_ROWS])
         return out
 
     def ranked(
