@@ -117,33 +117,22 @@ class Finder:
             params.append(query.before)
         return " AND ".join(clauses), params
 
-    def _filter_sets(self, query: Query) -> tuple[list[int] | None, list[int] | None]:
-        """Photo ids a semantic ranking may return (None: any) and ids it may not (None: none)."""
+    def _filter_conditions(self, query: Query) -> tuple[str, list[Any]]:
+        """Conditions on ``photos p``: done, and passing every filter of ``query``; and their parameters."""
         where, params = self._sql_filter(query)
         required, excluded = query.required_expression(), query.excluded_expression()
-        positive = bool(query.folders or query.after or query.before or required)
-        if positive:
-            sql = "SELECT p.id FROM photos p WHERE p.status = ?"
-            args: list[Any] = [DONE]
-            if where:
-                sql += " AND " + where
-                args += params
-            if required:
-                sql += " AND p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
-                args.append(required)
-            if excluded:
-                sql += " AND p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
-                args.append(excluded)
-            return [row[0] for row in self.conn.execute(sql, args)], None
-        denied: list[int] = []
+        sql = "p.status = ?"
+        args: list[Any] = [DONE]
+        if where:
+            sql += " AND " + where
+            args += params
+        if required:
+            sql += " AND p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            args.append(required)
         if excluded:
-            denied += [r[0] for r in self.conn.execute(
-                "SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?", (excluded,))]
-        if where:  # only -in: folders remain: deny what is under them
-            for prefix in query.excluded_folders:
-                denied += [r[0] for r in self.conn.execute(
-                    "SELECT id FROM photos WHERE path >= ? AND path < ?", _prefix_range(prefix))]
-        return None, (denied or None)
+            sql += " AND p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            args.append(excluded)
+        return sql, args
 
     # -- keyword ---------------------------------------------------------------------------------
 
@@ -210,25 +199,33 @@ class Finder:
     def semantic_ranking(
         self, query: Query, store: VectorStore, vector: np.ndarray, want: int, min_similarity: float = -1.0
     ) -> list[tuple[int, float]]:
-        """(photo id, cosine) best first, among photos passing the query's filters, down to ``min_similarity``."""
-        allowed, denied = self._filter_sets(query)
-        if allowed is not None and not allowed:
-            return []
-        import numpy as np
+        """(photo id, cosine) best first, among photos passing the query's filters, down to ``min_similarity``.
 
+        Candidates come best first in growing windows; each window is checked against the index (the
+        vector still current, the photo done and passing the filters). A filter that keeps few photos
+        is applied before scoring instead, so the windows are not spent on photos it rejects.
+        """
+        conditions, args = self._filter_conditions(query)
+        allowed = None
+        if query.folders or query.after or query.before or query.required_expression():
+            kept = [r[0] for r in self.conn.execute(
+                f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT])]
+            if not kept:
+                return []
+            if len(kept) < FEW_KEPT:
+                import numpy as np
+
+                allowed = np.array(kept, dtype=np.int64)
         ranking: list[tuple[int, float]] = []
         checked = stale = 0
-        for window in store.ranked(
-            vector,
-            allowed=None if allowed is None else np.array(allowed, dtype=np.int64),
-            denied=None if denied is None else np.array(denied, dtype=np.int64),
-        ):
+        for window in store.ranked(vector, allowed=allowed):
+            seqs = _in_list(seq for seq, _, _ in window)
             live = {r[0] for r in self.conn.execute(
                 "SELECT e.seq FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id "
-                "WHERE e.seq IN (SELECT value FROM json_each(?)) AND p.status = ?",
-                (_in_list(seq for seq, _, _ in window), DONE))}
-            checked += len(window)
-            stale += len(window) - len(live)
+                f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}", [seqs, *args])}
+            if not query.has_filters:  # without filters, a row that fails the check is stale
+                checked += len(window)
+                stale += len(window) - len(live)
             ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live and score >= min_similarity]
             if len(ranking) >= want or window[-1][2] < min_similarity:
                 break
@@ -249,16 +246,9 @@ class Finder:
 
     def filtered(self, query: Query, want: int) -> list[tuple[int, float]]:
         """No words to rank by, only filters: the matching photos, most recently taken first."""
-        allowed, denied = self._filter_sets(query)
-        sql = "SELECT id FROM photos p WHERE status = ?"
-        args: list[Any] = [DONE]
-        if allowed is not None:
-            sql += " AND id IN (SELECT value FROM json_each(?))"
-            args.append(_in_list(allowed))
-        if denied:
-            sql += " AND id NOT IN (SELECT value FROM json_each(?))"
-            args.append(_in_list(denied))
-        sql += " ORDER BY taken_at IS NULL, taken_at DESC, id DESC LIMIT ?"
+        conditions, args = self._filter_conditions(query)
+        sql = (f"SELECT p.id FROM photos p WHERE {conditions} "
+               "ORDER BY p.taken_at IS NULL, p.taken_at DESC, p.id DESC LIMIT ?")
         return [(r[0], 0.0) for r in self.conn.execute(sql, [*args, want])]
 
     def search(

@@ -205,10 +205,10 @@ class VectorStore:
         return out
 
     def ranked(
-        self, vector: np.ndarray, *, allowed: np.ndarray | None = None, denied: np.ndarray | None = None
+        self, vector: np.ndarray, *, allowed: np.ndarray | None = None
     ) -> Iterator[list[tuple[int, int, float]]]:
         """Windows of ``(seq, photo_id, score)``, best first, growing in size; the caller checks each
-        window against the index and stops once it has enough. ``allowed``/``denied``: photo ids."""
+        window against the index and stops once it has enough. ``allowed``: the only photo ids to rank."""
         scores = self.scores(vector)
         if self.rows == 0:
             return
@@ -216,8 +216,6 @@ class VectorStore:
         photo_ids = np.asarray(self._ids[:, 1])
         if allowed is not None:
             scores[~np.isin(photo_ids, allowed)] = -np.inf
-        if denied is not None and len(denied):
-            scores[np.isin(photo_ids, denied)] = -np.inf
         seqs = self._ids[:, 0]
         done = 0
         window = 256
