@@ -218,7 +218,7 @@ class Finder:
                 allowed = np.array(kept, dtype=np.int64)
         ranking: list[tuple[int, float]] = []
         checked = stale = 0
-        for window in store.ranked(vector, allowed=allowed):
+        for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
             seqs = _in_list(seq for seq, _, _ in window)
             live = {r[0] for r in self.conn.execute(
                 "SELECT e.seq FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id "
@@ -226,8 +226,8 @@ class Finder:
             if not query.has_filters:  # without filters, a row that fails the check is stale
                 checked += len(window)
                 stale += len(window) - len(live)
-            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live and score >= min_similarity]
-            if len(ranking) >= want or window[-1][2] < min_similarity:
+            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
+            if len(ranking) >= want:
                 break
         if stale > max(checked // 4, 64):
             store.invalidate()  # so many replaced or deleted vectors met: rebuilt on the next search

@@ -205,10 +205,11 @@ class VectorStore:
         return out
 
     def ranked(
-        self, vector: np.ndarray, *, allowed: np.ndarray | None = None
+        self, vector: np.ndarray, *, allowed: np.ndarray | None = None, min_score: float = -np.inf
     ) -> Iterator[list[tuple[int, int, float]]]:
-        """Windows of ``(seq, photo_id, score)``, best first, growing in size; the caller checks each
-        window against the index and stops once it has enough. ``allowed``: the only photo ids to rank."""
+        """Windows of ``(seq, photo_id, score)``, best first, growing in size, none below ``min_score``;
+        the caller checks each window against the index and stops once it has enough. ``allowed``: the
+        only photo ids to rank."""
         scores = self.scores(vector)
         if self.rows == 0:
             return
@@ -223,9 +224,11 @@ class VectorStore:
             top = min(self.rows, done + window)
             best = np.argpartition(-scores, top - 1)[:top] if top < self.rows else np.arange(self.rows)
             best = best[np.argsort(-scores[best], kind="stable")][done:top]
-            best = best[np.isfinite(scores[best])]
+            best = best[np.isfinite(scores[best]) & (scores[best] >= min_score)]
             if len(best) == 0:
                 return
             yield [(int(seqs[i]), int(photo_ids[i]), float(scores[i])) for i in best]
+            if len(best) < top - done:  # the rest scored too low
+                return
             done = top
             window *= 8
