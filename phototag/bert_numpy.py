@@ -104,9 +104,12 @@ class NumpyBert:
         self._file = safe_open(str(self.folder / "model.safetensors"), framework="np")
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in self._file.keys() else ""
         self._prefix = prefix
+        self._weights: dict[str, np.ndarray] = {}
 
     def _w(self, name: str) -> np.ndarray:
-        return self._file.get_tensor(self._prefix + name).astype(np.float32, copy=False)
+        if name not in self._weights:  # read on first use (the word embeddings never whole)
+            self._weights[name] = self._file.get_tensor(self._prefix + name).astype(np.float32, copy=False)
+        return self._weights[name]
 
     def encode(self, text: str) -> np.ndarray:
         """The unit-length embedding of ``text`` (mean of the last hidden states, normalised)."""

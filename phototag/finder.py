@@ -121,7 +121,7 @@ class Finder:
         """Conditions on ``photos p``: done, and passing every filter of ``query``; and their parameters."""
         where, params = self._sql_filter(query)
         required, excluded = query.required_expression(), query.excluded_expression()
-        sql = "p.status = ?"
+        sql = "+p.status = ?"  # "+": never drive a search by the status index (nearly every row is done)
         args: list[Any] = [DONE]
         if where:
             sql += " AND " + where
@@ -151,7 +151,7 @@ class Finder:
         if kept < FEW_KEPT:
             return (f" AND +rowid IN (SELECT p.id FROM photos p WHERE +p.status = ? AND {where})",
                     [DONE, *params], RANK_CAP)
-        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND p.status = ? AND {where})",
+        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND +p.status = ? AND {where})",
                 [DONE, *params], RANK_CAP_FILTERED)
 
     def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
@@ -177,7 +177,7 @@ class Finder:
 
     def _done_ids(self, ids: Iterable[int]) -> set[int]:
         return {r[0] for r in self.conn.execute(
-            "SELECT id FROM photos WHERE id IN (SELECT value FROM json_each(?)) AND status = ?",
+            "SELECT id FROM photos WHERE id IN (SELECT value FROM json_each(?)) AND +status = ?",
             (_in_list(ids), DONE))}
 
     def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]:
@@ -221,7 +221,7 @@ class Finder:
         for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
             seqs = _in_list(seq for seq, _, _ in window)
             live = {r[0] for r in self.conn.execute(
-                "SELECT e.seq FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id "
+                "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
                 f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}", [seqs, *args])}
             if not query.has_filters:  # without filters, a row that fails the check is stale
                 checked += len(window)
