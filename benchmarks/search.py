@@ -56,7 +56,7 @@ QUERIES: dict[str, list[str]] = {
     "phrase": ['"on the beach"', '"riding a bike"', '"red car"', '"plate of food"', '"in front of a building"'],
 }
 FILTERED = ["beach in:/bench/photos/2019", "dog after:2023-06-01", "tag:beach before:2016", "people -beach"]
-SEMANTIC = ["puppy at the seaside", "food", "kids on bikes", "sunset over the ocean", "a wedding party"]
+SEMANTIC_QUERIES = ["puppy at the seaside", "food", "kids on bikes", "sunset over the ocean", "a wedding party"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,12 +225,12 @@ def bench_semantic(db: Path, model: str, repeat: int) -> None:
     store.sync()
     print(f"  vector cache sync: {time.perf_counter() - start:.1f} s ({store.rows} rows, {store.dim} dims; "
           "first run copies, later runs only check)")
-    vectors = {text: query_vector(model, text) for text in SEMANTIC}  # torch-free where it can be
+    vectors = {text: query_vector(model, text) for text in SEMANTIC_QUERIES}  # torch-free where it can be
     print(row_stats("embed a query (query_vector, no daemon)",
                     time_calls(lambda: query_vector(model, "puppy at the seaside"), repeat)))
     for mode in (SEMANTIC, HYBRID):
         times: list[tuple[float, float]] = []
-        for text in SEMANTIC:
+        for text in SEMANTIC_QUERIES:
             query = parse_query(text)
             times += time_calls(lambda q=query, v=vectors[text], m=mode: finder.search(
                 q, mode=m, limit=20, store=store, embed=lambda _t, v=v: v, min_similarity=0.2), repeat)

@@ -22,6 +22,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,16 +32,24 @@ CHUNK_ROWS = 65536  # rows scored per step: 96 MiB of float32 at 384 dimensions
 FORMAT = 1
 
 
+_blas: list[Any] = []  # one threadpoolctl controller per process (finding the libraries costs ~1 ms)
+
+
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS on one thread: the products here are memory-bound or tiny, and BLAS threads on a busy
     machine are several times slower than one (threadpoolctl comes with sentence-transformers)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if not _blas:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas.append(ThreadpoolController())
+        except ImportError:
+            _blas.append(None)
+    if _blas[0] is None:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas[0].limit(limits=1, user_api="blas"):
         yield
 
 
