@@ -258,7 +258,7 @@ def cold_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SOURCE), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
-               XDG_DATA_HOME=str(folder / "data"), PHOTOTAG_DB=str(db))
+               PHOTOTAG_DB=str(db))
     if model:
         env["PHOTOTAG_EMBEDDING_MODEL"] = model
     commands = {"python -m phototag": [sys.executable, "-m", "phototag"]}
@@ -311,6 +311,8 @@ def main() -> None:
     args = parser.parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)
+    # caches (the vector copy) go in the benchmark's folder, shared by the in-process and cold runs
+    os.environ["XDG_DATA_HOME"] = str(args.dir / "data")
     import sqlite3
 
     import phototag

@@ -37,7 +37,7 @@ KEYWORD, SEMANTIC, HYBRID = "keyword", "semantic", "hybrid"
 MODES = (KEYWORD, SEMANTIC, HYBRID)
 RANK_CAP = 10_000
 RANK_CAP_FILTERED = 2_000  # with a filter that keeps many photos (each match costs a row lookup)
-FEW_KEPT = 100_000  # a filter keeping fewer photos than this is materialised
+FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (from its index alone)
 RRF_K = 60
 DONE = "done"
 SCHEMA_VERSION = 2  # the index.py schema this module reads
@@ -137,7 +137,7 @@ class Finder:
     # -- keyword ---------------------------------------------------------------------------------
 
     def _restriction(self, where: str, params: list[Any]) -> tuple[str, list[Any], int]:
-        """How an FTS query keeps only done photos passing ``where``, and its rank cap.
+        """How an FTS query keeps only photos passing ``where``, and its rank cap.
 
         A filter that keeps few photos is materialised once and probed per match; one that keeps many
         is checked per match, newest first, stopping after a smaller cap of ranked matches (each check
@@ -148,11 +148,10 @@ class Finder:
         kept = self.conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM photos p WHERE {where} LIMIT ?)", [*params, FEW_KEPT]
         ).fetchone()[0]
-        if kept < FEW_KEPT:
-            return (f" AND +rowid IN (SELECT p.id FROM photos p WHERE +p.status = ? AND {where})",
-                    [DONE, *params], RANK_CAP)
-        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND +p.status = ? AND {where})",
-                [DONE, *params], RANK_CAP_FILTERED)
+        if kept < FEW_KEPT:  # answered from the path or date index alone; status is checked after ranking
+            return f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
+        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})",
+                params, RANK_CAP_FILTERED)
 
     def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
         """Up to ``want`` done photos matching ``expression``, best bm25 first, among the newest matches
@@ -167,8 +166,6 @@ class Finder:
                 "ORDER BY score, rowid DESC LIMIT ?",
                 [expression, *args, max(cap, 4 * want), fetch],
             ).fetchall()
-            if where:  # status was part of the restriction
-                return [(rowid, -score) for rowid, score in ranked]
             done = self._done_ids(rowid for rowid, _ in ranked)
             hits = [(rowid, -score) for rowid, score in ranked if rowid in done]
             if len(hits) >= want or len(ranked) < fetch:
