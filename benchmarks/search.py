@@ -249,7 +249,8 @@ def cold_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
+        # run outside any source tree: "python -m" would import a phototag from the current directory
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=env["XDG_DATA_HOME"])
         times.append((time.perf_counter() - start) * 1000)
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {result.stderr.strip()}")
@@ -271,7 +272,7 @@ def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
         print(f"  {name + ' ' + ' '.join(keyword):<60} median {statistics.median(times):6.0f} ms   "
               f"max {max(times):6.0f} ms", flush=True)
     check = subprocess.run([sys.executable, "-X", "importtime", "-m", "phototag", *keyword],
-                           env=env, capture_output=True, text=True)
+                           env=env, capture_output=True, text=True, cwd=env["XDG_DATA_HOME"])
     heavy = sorted({line.split("|")[-1].strip().split(".")[0] for line in check.stderr.splitlines()
                     if any(f" {m}" in line for m in ("torch", "transformers", "sentence_transformers",
                                                       "numpy", "sqlalchemy"))})
@@ -313,6 +314,7 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     # caches (the vector copy) go in the benchmark's folder, shared by the in-process and cold runs
     os.environ["XDG_DATA_HOME"] = str(args.dir / "data")
+    (args.dir / "data").mkdir(exist_ok=True)
     import sqlite3
 
     import phototag
