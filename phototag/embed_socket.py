@@ -6,6 +6,13 @@ The socket lives in ``<data dir>/run/`` (a folder only the owner can enter) and 
 the client also refuses a socket owned by another user. The protocol is one JSON line each way:
 ``{"model": ..., "text": ...}`` -> ``{"vector": base64 float32}`` or ``{"error": ...}``. Anything that
 goes wrong on the client side (no daemon, another model, a timeout) means "embed it yourself".
+
+A daemon serves it with two lines (the model loads on the first request, or is already loaded by
+the pipeline's embedding thread)::
+
+    server = EmbedServer(default_socket_path(), settings.embedding_model()).start()
+    ...
+    server.close()
 """
 
 from __future__ import annotations
