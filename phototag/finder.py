@@ -38,6 +38,7 @@ MODES = (KEYWORD, SEMANTIC, HYBRID)
 RANK_CAP = 10_000
 RANK_CAP_FILTERED = 2_000  # with a filter that keeps many photos (each match costs a row lookup)
 FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (from its index alone)
+FEW_KEPT_SEMANTIC = 20_000  # ... for search by meaning: more than this pass often enough to check later
 RRF_K = 60
 DONE = "done"
 SCHEMA_VERSION = 2  # the index.py schema this module reads
@@ -117,8 +118,10 @@ class Finder:
             params.append(query.before)
         return " AND ".join(clauses), params
 
-    def _filter_conditions(self, query: Query) -> tuple[str, list[Any]]:
-        """Conditions on ``photos p``: done, and passing every filter of ``query``; and their parameters."""
+    def _filter_conditions(self, query: Query, *, check_only: bool = False) -> tuple[str, list[Any]]:
+        """Conditions on ``photos p``: done, and passing every filter of ``query``; and their parameters.
+        ``check_only``: the rows come from elsewhere (a candidate list): never let SQLite drive the
+        query by a filter's matches instead."""
         where, params = self._sql_filter(query)
         required, excluded = query.required_expression(), query.excluded_expression()
         sql = "+p.status = ?"  # "+": never drive a search by the status index (nearly every row is done)
@@ -126,11 +129,12 @@ class Finder:
         if where:
             sql += " AND " + where
             args += params
+        plus = "+" if check_only else ""
         if required:
-            sql += " AND p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            sql += f" AND {plus}p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
             args.append(required)
         if excluded:
-            sql += " AND p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            sql += f" AND {plus}p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
             args.append(excluded)
         return sql, args
 
@@ -206,13 +210,14 @@ class Finder:
         allowed = None
         if query.folders or query.after or query.before or query.required_expression():
             kept = [r[0] for r in self.conn.execute(
-                f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT])]
+                f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT_SEMANTIC])]
             if not kept:
                 return []
-            if len(kept) < FEW_KEPT:
+            if len(kept) < FEW_KEPT_SEMANTIC:
                 import numpy as np
 
                 allowed = np.array(kept, dtype=np.int64)
+        conditions, args = self._filter_conditions(query, check_only=True)
         ranking: list[tuple[int, float]] = []
         checked = stale = 0
         for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):

@@ -223,10 +223,8 @@ class VectorStore:
         if self.rows == 0:
             return
         assert self._ids is not None
-        photo_ids = np.asarray(self._ids[:, 1])
         if allowed is not None:
-            scores[~np.isin(photo_ids, allowed)] = -np.inf
-        seqs = self._ids[:, 0]
+            scores[~np.isin(np.asarray(self._ids[:, 1]), allowed)] = -np.inf
         done = 0
         window = 256
         while done < self.rows:
@@ -236,7 +234,9 @@ class VectorStore:
             best = best[np.isfinite(scores[best]) & (scores[best] >= min_score)]
             if len(best) == 0:
                 return
-            yield [(int(seqs[i]), int(photo_ids[i]), float(scores[i])) for i in best]
+            ids = self._ids[np.sort(best)]  # one gather from the map, in file order
+            order = np.searchsorted(np.sort(best), best)
+            yield list(zip(ids[order, 0].tolist(), ids[order, 1].tolist(), scores[best].tolist(), strict=True))
             if len(best) < top - done:  # the rest scored too low
                 return
             done = top
