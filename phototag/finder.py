@@ -41,7 +41,6 @@ FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (f
 FEW_KEPT_SEMANTIC = 20_000  # ... for search by meaning: more than this pass often enough to check later
 RRF_K = 60
 DONE = "done"
-SCHEMA_VERSION = 2  # the index.py schema this module reads
 
 
 class SearchError(Exception):
@@ -67,10 +66,16 @@ class SearchHit:
         }
 
 
+def _has_search_schema(conn: sqlite3.Connection) -> bool:
+    """Whether the index has what this module reads (asked of the schema, not of a version number)."""
+    has_vectors = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'photo_embeddings'").fetchone()
+    return bool(has_vectors) and any(row[1] == "taken_at" for row in conn.execute("PRAGMA table_info(photos)"))
+
+
 def connect(db: Path) -> sqlite3.Connection:
     """A connection for searching. An index from an older phototag is upgraded first (once)."""
     conn = sqlite3.connect(db, timeout=10.0, check_same_thread=False)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+    if not _has_search_schema(conn):
         conn.close()
         from phototag.index import PhotoIndex  # SQLAlchemy: only on this rare path
 

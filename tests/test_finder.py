@@ -190,6 +190,6 @@ def test_old_index_is_upgraded_on_search(tmp_path: Path) -> None:
                       "ALTER TABLE photos DROP COLUMN taken_at; PRAGMA user_version=1;")
     raw.close()
     conn = connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2
     assert [h.path for h in Finder(conn).search(parse_query("dog after:2000"))] == []
     assert [h.path for h in Finder(conn).search(parse_query("dog"))] == ["/p/a.jpg"]
