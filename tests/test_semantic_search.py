@@ -246,3 +246,14 @@ def test_contact_sheet_opens_in_a_browser_with_every_thumbnail(
     assert opened.read_text().strip() == default_sheet.as_uri() and "pasta" in default_sheet.read_text()
     screenshot(sheet, tmp_path / "sheet.png", tmp_path)
     assert Image.open(tmp_path / "sheet.png").size == (1100, 800)
+
+
+def test_keyword_search_imports_nothing_heavy(library: Library) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search",
+         "--mode", "keyword", "pasta"], capture_output=True, text=True, env=env, cwd=library.root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [str(library.photos["pasta"])]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "transformers", "sentence_transformers", "sqlalchemy", "numpy", "PIL"}
