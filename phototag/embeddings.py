@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 64
+QUEUE_BATCHES = 1024  # writer batches waiting for the embedding thread (the model may still be loading)
 
 
 class EmbeddingError(Exception):
@@ -210,7 +211,8 @@ class EmbedWorker:
         self.model_name = model_name
         self._loader = loader
         self._batch_size = batch_size
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.dropped = 0
         self._embedder: Embedder | None = None
         self.disabled_reason: str | None = None
         self.saved = 0
@@ -221,9 +223,17 @@ class EmbedWorker:
         return self
 
     def submit(self, items: Sequence[tuple[int, str]]) -> None:
-        """Queue (photo id, caption) pairs; blocks while the queue is full."""
-        if items and self.disabled_reason is None:
-            self._queue.put(list(items))
+        """Queue (photo id, caption) pairs. Never blocks the caller (the pipeline's writer): if the
+        model is still loading and the queue is full, the captions are left for ``reindex``."""
+        if not items or self.disabled_reason is not None:
+            return
+        try:
+            self._queue.put_nowait(list(items))
+        except queue.Full:
+            if not self.dropped:
+                log.warning("embeddings are falling behind captioning; some captions of this run are left without "
+                            "one: run 'phototag reindex --embeddings' afterwards")
+            self.dropped += len(items)
 
     def close(self) -> None:
         """No more input: embed what is queued, then end the thread."""
