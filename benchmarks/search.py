@@ -213,6 +213,7 @@ def bench_keyword(db: Path, repeat: int) -> None:
 
 
 def bench_semantic(db: Path, model: str, repeat: int) -> None:
+    from phototag.config import SearchSettings
     from phototag.embeddings import load_embedder, model_id, query_vector
     from phototag.finder import HYBRID, SEMANTIC, Finder, connect, vectors_cache_dir
     from phototag.search import parse_query
@@ -225,6 +226,7 @@ def bench_semantic(db: Path, model: str, repeat: int) -> None:
     store.sync()
     print(f"  vector cache sync: {time.perf_counter() - start:.1f} s ({store.rows} rows, {store.dim} dims; "
           "first run copies, later runs only check)")
+    threshold = SearchSettings().min_similarity
     vectors = {text: query_vector(model, text) for text in SEMANTIC_QUERIES}  # torch-free where it can be
     print(row_stats("embed a query (query_vector, no daemon)",
                     time_calls(lambda: query_vector(model, "puppy at the seaside"), repeat)))
@@ -233,12 +235,13 @@ def bench_semantic(db: Path, model: str, repeat: int) -> None:
         for text in SEMANTIC_QUERIES:
             query = parse_query(text)
             times += time_calls(lambda q=query, v=vectors[text], m=mode: finder.search(
-                q, mode=m, limit=20, store=store, embed=lambda _t, v=v: v, min_similarity=0.2), repeat)
+                q, mode=m, limit=20, store=store, embed=lambda _t, v=v: v, min_similarity=threshold), repeat)
         print(row_stats(f"{mode} ranking (vector given)", times), flush=True)
     times = []
     query = parse_query("puppy at the seaside after:2020-01-01 -cat")
     times += time_calls(lambda: finder.search(query, mode=HYBRID, limit=20, store=store,
-                                              embed=lambda _t: vectors["puppy at the seaside"]), repeat)
+                                              embed=lambda _t: vectors["puppy at the seaside"],
+                                              min_similarity=threshold), repeat)
     print(row_stats("hybrid with filters", times), flush=True)
     embedder = load_embedder(model)  # last: torch's threads would skew the timings above
     print(row_stats("embed a query: sentence-transformers",

@@ -74,7 +74,7 @@ class WatchSettings:
 class SearchSettings:
     embedding_model: str = ""  # empty: $PHOTOTAG_EMBEDDING_MODEL, else DEFAULT_EMBEDDING_MODEL
     embeddings: bool = True  # embed captions as they are indexed
-    min_similarity: float = 0.2  # cosine below which a caption is not a match by meaning
+    min_similarity: float = 0.25  # cosine below which a caption is not a match by meaning
 
 
 @dataclass(frozen=True)
