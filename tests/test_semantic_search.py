@@ -221,6 +221,7 @@ def test_cold_search_by_meaning_without_a_daemon_needs_no_torch(library: Library
     assert "sqlalchemy" not in imported
 
 
+@pytest.mark.browser
 def test_contact_sheet_opens_in_a_browser_with_every_thumbnail(
     library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
