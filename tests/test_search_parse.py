@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from phototag.keywords import keywords_from_caption, singular
-from phototag.search import QueryError, parse_query, words
+from phototag.search import QueryError, parse_query, with_filters, words
 
 
 def test_stop_words_do_not_hide_results() -> None:
@@ -41,8 +43,45 @@ def test_phrase_exclusion_and_tag() -> None:
 
 
 def test_unknown_field_is_a_clear_error() -> None:
-    with pytest.raises(QueryError, match="unknown field 'colour:'.*tag:"):
+    with pytest.raises(QueryError, match="unknown field 'colour:'; known fields: tag:, in:, after:, before:"):
         parse_query("colour:red")
+
+
+def test_filters_in_the_query_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    query = parse_query('puppy at the "sea side" in:~/Pictures/2024 -in:/tmp/x/ after:2024-06 before:2025 '
+                        "after:2024-07-02 -tag:Cat -wet tag:dog")
+    assert query.text == "puppy at the sea side"
+    assert query.terms == ("puppy",) and query.phrases == (("sea", "side"),)
+    assert query.folders == (str(tmp_path / "Pictures" / "2024") + os.sep,)
+    assert query.excluded_folders == ("/tmp/x/",)
+    assert (query.after, query.before) == ("2024-07-02", "2025-01-01")  # the later after:, the earlier before:
+    assert query.tags == ("dog",) and query.excluded_tags == ("cat",) and query.excluded == ("wet",)
+    assert query.required_expression() == '"sea side" AND keywords : "dog"'
+    assert query.excluded_expression() == '"wet" OR keywords : "cat"'
+    assert query.all_words() == '("sea side" AND keywords : "dog" AND "puppy") NOT ("wet" OR keywords : "cat")'
+
+
+def test_filters_only_and_flags() -> None:
+    query = parse_query("after:2020")
+    assert query.is_empty and query.has_filters and query.text == ""
+    merged = with_filters(parse_query("dog before:2024-03-01"), folders=("/p/a/",), after="2021-02",
+                          before="2024-05-01", tags=("Beach Day",))
+    assert merged.folders == ("/p/a/",) and merged.after == "2021-02-01" and merged.before == "2024-03-01"
+    assert merged.tags == ("beach", "day")
+
+
+@pytest.mark.parametrize(("text", "message"), [("after:2024-13-01", "no such date"), ("before:yesterday", "not a date"),
+                                               ("-after:2020", "use before:"), ("after:2024-02-30", "no such date")])
+def test_bad_filters_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_query(text)
+
+
+@pytest.mark.parametrize("text", ["in:", "after:", "tag:", '"', "-", "in:\"\"", "-in:", "after:\"\""])
+def test_empty_filters_mean_nothing(text: str) -> None:
+    query = parse_query(text)
+    assert not query.folders and not query.after and not query.tags
 
 
 def test_words_lowercase_unicode() -> None:

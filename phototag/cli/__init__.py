@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -41,8 +42,30 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
+# Command name -> module with a ``command``. Imported only when run (or listed by --help), so
+# ``phototag search`` never imports the captioning pipeline, SQLAlchemy or torch.
+COMMANDS = {
+    "backfill": "phototag.cli.backfill",
+    "reindex": "phototag.cli.reindex",
+    "restore": "phototag.cli.restore",
+    "search": "phototag.cli.search",
+    "show": "phototag.cli.show",
+    "status": "phototag.cli.status",
+    "watch": "phototag.cli.watch",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.add_command(importlib.import_module(COMMANDS[cmd_name]).command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="phototag")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="PHOTOTAG_DB",
@@ -62,13 +85,3 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     ctx.obj = AppContext(config, db)
-
-
-def _register() -> None:
-    from phototag.cli import backfill, restore, search, show, status, watch
-
-    for module in (backfill, search, show, status, watch, restore):
-        main.add_command(module.command)
-
-
-_register()

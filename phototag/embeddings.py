@@ -1,0 +1,303 @@
+"""Caption embeddings: a sentence-transformers model turns captions (and queries) into unit vectors.
+
+The only module importing sentence-transformers (and through it torch), lazily, so keyword search
+never pays for it. The model is a hub id or a local folder (``[search] embedding_model`` or
+``$PHOTOTAG_EMBEDDING_MODEL``); its name is stored with every vector so a model change is noticed.
+
+- :class:`Embedder` loads a model and encodes texts (batched, float32, unit length).
+- :class:`EmbedWorker` is the pipeline's helper thread: it embeds captions right after they are
+  indexed, in batches, so the captioning model never waits for it.
+- :func:`embed_missing` fills in vectors for an existing index (``phototag reindex --embeddings``).
+- :func:`query_vector` embeds a query: by a running daemon when one answers on its socket
+  (:mod:`phototag.embed_socket`), else torch-free (:mod:`phototag.bert_numpy`) where the model
+  allows, else by loading the model here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from phototag.index import PhotoIndex
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 64
+QUEUE_BATCHES = 1024  # writer batches waiting for the embedding thread (the model may still be loading)
+
+
+class EmbeddingError(Exception):
+    """The embedding model cannot be loaded or run; the message is one line a person can act on."""
+
+
+def model_id(name: str) -> str:
+    """The name vectors are stored under: a local folder as an absolute path, a hub id as given."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    return name
+
+
+class Embedder:
+    """One loaded sentence-embedding model."""
+
+    def __init__(self, name: str, device: str | None = None) -> None:
+        self.name = model_id(name)
+        looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1  # hub ids are "org/name"
+        if looks_local and not os.path.isdir(self.name):
+            raise EmbeddingError(f"embedding model folder {self.name} does not exist")
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise EmbeddingError(f"sentence-transformers is not installed ({exc}): pip install sentence-transformers") \
+                from None
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = SentenceTransformer(self.name, device=device)
+        except Exception as exc:  # hub unreachable, not a sentence-transformers folder, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EmbeddingError(f"cannot load embedding model {self.name!r}: {first}") from None
+        # renamed in sentence-transformers 5.x; the old name warns
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = get_dim()
+        self.dim = int(dim) if dim else len(self.encode(["x"])[0])
+
+    def encode(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        import numpy as np
+
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+_loaded: dict[str, Embedder] = {}
+_load_lock = threading.Lock()
+
+
+def load_embedder(name: str) -> Embedder:
+    """The model named ``name``, loaded once per process (the daemon and tests reuse it)."""
+    key = model_id(name)
+    with _load_lock:
+        if key not in _loaded:
+            _loaded[key] = Embedder(name)
+        return _loaded[key]
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+
+def _sql(statement: str) -> Any:
+    from sqlalchemy import text  # not at import time: a query embedded by the daemon needs no SQLAlchemy
+
+    return text(statement)
+
+
+def store_vectors(index: PhotoIndex, model: str, items: Sequence[tuple[int, str]], vectors: np.ndarray) -> int:
+    """Save one vector per (photo id, caption); skipped where the caption changed meanwhile. Returns saved."""
+    from phototag.vectors import vector_bytes
+
+    saved = 0
+    with index.engine.begin() as conn:
+        for (photo_id, caption), vector in zip(items, vectors, strict=True):
+            result = conn.execute(
+                _sql(
+                    "INSERT OR REPLACE INTO photo_embeddings (photo_id, model, vector) "
+                    "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption"
+                ),
+                {"model": model, "vector": vector_bytes(vector), "id": photo_id, "caption": caption},
+            )
+            saved += result.rowcount or 0
+    return saved
+
+
+def without_vectors(index: PhotoIndex, model: str, ids: Sequence[int]) -> set[int]:
+    """Those of ``ids`` that have no vector from ``model``."""
+    import json
+
+    with index.engine.connect() as conn:
+        have = {
+            row[0]
+            for row in conn.execute(
+                _sql(
+                    "SELECT photo_id FROM photo_embeddings WHERE model = :model "
+                    "AND photo_id IN (SELECT value FROM json_each(:ids))"
+                ),
+                {"model": model, "ids": json.dumps(list(ids))},
+            )
+        }
+    return set(ids) - have
+
+
+def missing_count(index: PhotoIndex, model: str) -> int:
+    with index.engine.connect() as conn:
+        return conn.execute(_sql(_MISSING.format(select="count(*)", after="", limit="")), {"model": model}).scalar_one()
+
+
+_MISSING = (
+    "SELECT {select} FROM photos p LEFT JOIN photo_embeddings e ON e.photo_id = p.id AND e.model = :model "
+    "WHERE p.status = 'done' AND p.caption IS NOT NULL AND p.caption != '' AND e.photo_id IS NULL {after} {limit}"
+)
+
+
+def _missing_batches(index: PhotoIndex, model: str, size: int) -> Iterator[list[tuple[int, str]]]:
+    last = 0
+    while True:
+        with index.engine.connect() as conn:
+            rows = conn.execute(
+                _sql(_MISSING.format(select="p.id, p.caption", after="AND p.id > :last",
+                                     limit="ORDER BY p.id LIMIT :n")),
+                {"model": model, "last": last, "n": size},
+            ).all()
+        if not rows:
+            return
+        yield [(row[0], row[1]) for row in rows]
+        last = rows[-1][0]
+
+
+def embed_missing(
+    index: PhotoIndex,
+    embedder: Embedder,
+    *,
+    batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Embed every done caption without a vector from ``embedder``'s model. Returns how many were saved."""
+    saved = 0
+    for batch in _missing_batches(index, embedder.name, batch_size):
+        if should_stop is not None and should_stop():
+            break
+        vectors = embedder.encode([caption for _, caption in batch])
+        saved += store_vectors(index, embedder.name, batch, vectors)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return saved
+
+
+# -- the pipeline's helper thread -------------------------------------------------------------------
+
+_STOP = object()
+
+
+class EmbedWorker:
+    """Embeds freshly indexed captions on its own thread. A model that will not load turns it off
+    for the run with one warning: captions are still indexed, and ``reindex --embeddings`` adds the
+    vectors later."""
+
+    def __init__(
+        self,
+        index: PhotoIndex,
+        model_name: str,
+        *,
+        loader: Callable[[str], Embedder] = load_embedder,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.index = index
+        self.model_name = model_name
+        self._loader = loader
+        self._batch_size = batch_size
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.dropped = 0
+        self._embedder: Embedder | None = None
+        self.disabled_reason: str | None = None
+        self.saved = 0
+        self.thread = threading.Thread(target=self._loop, name="phototag-embed", daemon=True)
+
+    def start(self) -> EmbedWorker:
+        self.thread.start()
+        return self
+
+    def submit(self, items: Sequence[tuple[int, str]]) -> None:
+        """Queue (photo id, caption) pairs. Never blocks the caller (the pipeline's writer): if the
+        model is still loading and the queue is full, the captions are left for ``reindex``."""
+        if not items or self.disabled_reason is not None:
+            return
+        try:
+            self._queue.put_nowait(list(items))
+        except queue.Full:
+            if not self.dropped:
+                log.warning("embeddings are falling behind captioning; some captions of this run are left without "
+                            "one: run 'phototag reindex --embeddings' afterwards")
+            self.dropped += len(items)
+
+    def close(self) -> None:
+        """No more input: embed what is queued, then end the thread."""
+        self._queue.put(_STOP)
+
+    def _loop(self) -> None:
+        finished = False
+        while not finished:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch: list[tuple[int, str]] = list(item)
+            while len(batch) < self._batch_size:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    finished = True
+                    break
+                batch.extend(more)
+            if self.disabled_reason is None:
+                self._embed(batch)
+
+    def _embed(self, batch: list[tuple[int, str]]) -> None:
+        try:
+            if self._embedder is None:
+                self._embedder = self._loader(self.model_name)
+            latest = dict(batch)  # a photo queued twice: its last caption
+            todo_ids = without_vectors(self.index, self._embedder.name, list(latest))
+            todo = [(photo_id, caption) for photo_id, caption in latest.items() if photo_id in todo_ids and caption]
+            if todo:
+                vectors = self._embedder.encode([caption for _, caption in todo])
+                self.saved += store_vectors(self.index, self._embedder.name, todo, vectors)
+        except EmbeddingError as exc:
+            self.disabled_reason = str(exc)
+            log.warning("captions are indexed without embeddings (search by meaning needs them): %s; "
+                        "run 'phototag reindex --embeddings' once the model is available", exc)
+        except Exception as exc:  # one failed batch must not stop captioning
+            log.warning("embedding %d captions failed: %s", len(batch), exc)
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+
+_query_embedders: dict[str, Any] = {}
+
+
+def query_vector(model_name: str, query: str, *, socket_path: Path | None = None) -> np.ndarray:
+    """The unit vector of ``query``, by the fastest way at hand: a running daemon that answers on
+    ``socket_path``; else a torch-free numpy pass when the model is a local BERT sentence embedder
+    (all-MiniLM-L6-v2 is); else sentence-transformers (seconds to import and load)."""
+    if socket_path is not None:
+        from phototag.embed_socket import ask
+
+        vector = ask(socket_path, model_id(model_name), query)
+        if vector is not None:
+            return vector
+    key = model_id(model_name)
+    if key not in _query_embedders:
+        from phototag import bert_numpy
+
+        _query_embedders[key] = bert_numpy.load(model_name)
+    light = _query_embedders[key]
+    if light is not None:
+        return light.encode(query)
+    return load_embedder(model_name).encode([query])[0]
