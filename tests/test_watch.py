@@ -496,3 +496,33 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
     logged = Counter(line.split(" INFO captioned ")[1].split(": ")[0]
                      for line in log.read_text().splitlines() if " INFO captioned " in line)
     assert logged and set(logged) <= set(final) and max(logged.values()) == 1
+
+
+def test_daemon_answers_query_embeddings_for_search(tmp_path: Path, tiny_model: Path, minilm: Path) -> None:
+    """While `phototag watch` runs, `phototag search` gets query vectors from it over an owner-only socket."""
+    from phototag.embed_socket import ask, default_socket_path
+    from phototag.embeddings import model_id
+
+    lib, db, log = tmp_path / "lib", tmp_path / "index.sqlite3", tmp_path / "daemon.log"
+    lib.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\nname = "{tiny_model}"\n[index]\ndb = "{db}"\n[watch]\nrescan_interval = 0\n')
+    socket_path = default_socket_path()
+    proc = start_daemon(config, lib, log)
+    try:
+        wait_for(lambda: caught_up(db, proc, log), what="the daemon to start")
+        answers: list[Any] = []
+
+        def answered() -> bool:
+            answers.append(ask(socket_path, model_id(str(minilm)), "a dog on the beach", timeout=10))
+            return answers[-1] is not None
+
+        wait_for(answered, what="a query vector from the daemon")
+        assert answers[-1].shape == (384,)
+        assert oct(socket_path.stat().st_mode & 0o777) == oct(0o600)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not socket_path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -9,12 +9,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.cli.options import apply_model_options, model_options
+
+if TYPE_CHECKING:
+    from phototag.config import Settings
+    from phototag.embed_socket import EmbedServer
 
 log = logging.getLogger("phototag.watch")
 
@@ -92,9 +96,12 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     daemon.start()
+    embed_server = _serve_query_embeddings(settings)
     while not stop.wait(0.5):
         if daemon.error is not None:
             break
+    if embed_server is not None:
+        embed_server.close()
     finished = daemon.shutdown(watch.stop_timeout)
     if not finished:
         log.warning("the batch in flight did not finish within %gs; its photos stay pending and resume on "
@@ -107,3 +114,16 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     if daemon.error is not None:
         raise click.ClickException(str(daemon.error))
     log.info("stopped")
+
+
+def _serve_query_embeddings(settings: Settings) -> EmbedServer | None:
+    """Answer `phototag search` query embeddings from this long-lived process (see embed_socket)."""
+    if not settings.search.embeddings:
+        return None
+    from phototag.embed_socket import EmbedServer, default_socket_path
+
+    try:
+        return EmbedServer(default_socket_path(), settings.embedding_model()).start()
+    except OSError as exc:
+        log.warning("not answering query embeddings for search: %s", exc)
+        return None
