@@ -34,6 +34,7 @@ from sqlalchemy import (
     Index as SqlIndex,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from phototag.finder import Finder, SearchHit, connect
@@ -194,13 +195,31 @@ class PhotoIndex:
         self.engine: Engine = create_engine(f"sqlite:///{self.path}", future=True)
         event.listen(self.engine, "connect", _set_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.engine.begin() as conn:
-            _migrate(conn)
-        Base.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            for ddl in _FTS_DDL + _EMBEDDING_DDL:
-                conn.execute(text(ddl))
-            conn.execute(text(f"PRAGMA user_version={SCHEMA_VERSION}"))
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        """Create or upgrade the schema; a current index is opened without writing anything.
+
+        Two processes opening a new index at once (a daemon starting while `status` runs) can both
+        see no table and both try to create it: the loser retries and then finds it there.
+        """
+        with self.engine.connect() as conn:
+            if conn.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION:
+                return
+        for attempt in range(10):
+            try:
+                with self.engine.begin() as conn:
+                    _migrate(conn)
+                Base.metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    for ddl in _FTS_DDL + _EMBEDDING_DDL:
+                        conn.execute(text(ddl))
+                    conn.execute(text(f"PRAGMA user_version={SCHEMA_VERSION}"))
+                return
+            except OperationalError as exc:
+                if not ("already exists" in str(exc) or "duplicate column" in str(exc)) or attempt == 9:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

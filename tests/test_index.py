@@ -65,3 +65,33 @@ def test_content_hash_sees_head_and_tail(tmp_path: Path) -> None:
     first = content_hash(path)
     path.write_bytes(b"a" * 2_999_999 + b"b")
     assert content_hash(path) != first
+
+
+def _open_at(path: str, barrier: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    PhotoIndex(Path(path)).close()
+
+
+def test_processes_creating_one_new_index_at_once(tmp_path: Path) -> None:
+    """A daemon starting while `phototag status` runs: both create the schema; neither may fail."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(4):
+        path = str(tmp_path / f"new{round_}.db")
+        barrier = context.Barrier(6)
+        procs = [context.Process(target=_open_at, args=(path, barrier)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+
+
+def test_a_current_index_opens_without_writing(tmp_path: Path) -> None:
+    path = tmp_path / "i.db"
+    PhotoIndex(path).close()
+    wal = tmp_path / "i.db-wal"
+    size = wal.stat().st_size if wal.exists() else 0
+    PhotoIndex(path).counts()
+    assert (wal.stat().st_size if wal.exists() else 0) == size
