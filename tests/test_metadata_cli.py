@@ -77,7 +77,7 @@ def test_a_persons_keyword_is_kept_indexed_and_tag_search_filters(config: Path, 
     assert subject[:2] == ["Grandma", "New York"] and set(derived[3:]) <= set(subject)
 
     assert run(config, "search", "tag:grandma").output.splitlines() == [str(tagged)]
-    assert set(run(config, "search", "grandma").output.splitlines()) == {str(tagged), str(human)}
+    assert set(run(config, "search", "--mode", "keyword", "grandma").output.splitlines()) == {str(tagged), str(human)}
     model_word = index[str(plain)]["keywords"].split()[0]
     found = run(config, "search", f"tag:{model_word}").output.splitlines()
     assert str(plain) in found and str(human) not in found
