@@ -240,7 +240,7 @@ class Pipeline:
             image = load_rgb(
                 path,
                 min_side=self.captioner.input_size,
-                draft=self.settings.model.draft_decode,
+                draft=self.captioner.draft_decode,
                 preview=self._raw_preview(path),
             )
             task.pixels = self.captioner.preprocess(image)
