@@ -111,10 +111,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     photos = [CORPUS / PHOTOS[i % len(PHOTOS)] for i in range(n_photos)]
 
     header(args, captioner, model_dir, describe(model_dir), load_s, n_photos)
+    seed_ids: dict[Path, list[int]] = {}
+    if not args.fidelity_only:
+        throughput(settings, captioner, model_dir, photos, seed_ids)
+    n_fidelity = DEFAULT_FIDELITY_PHOTOS.get(kind, 12) if args.fidelity_photos is None else args.fidelity_photos
+    if n_fidelity:
+        fp16_photos = args.fp16_photos if args.fp16_photos is not None else (n_fidelity if kind != "cpu" else 0)
+        del captioner
+        same_dtype_ids = seed_ids if dtype == "fp32" else {}
+        fidelity(settings, [CORPUS / p for p in PHOTOS[:n_fidelity]], batch, fp16_photos, same_dtype_ids)
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def throughput(settings: Any, captioner: Any, model_dir: Path, photos: list[Path],
+               seed_ids: dict[Path, list[int]]) -> None:
+    """The three lines, in the order raw, phototag, seed, phototag, raw."""
+    batch = captioner.batch_size
     warm_up(captioner, batch, 1)
     print(LINE_HEADER, flush=True)
     lines: list[Line] = []
-    seed_ids: dict[Path, list[int]] = {}
     # raw, phototag, seed, phototag, raw: a load on the machine that rises or falls steadily during the
     # run weighs the same on each line's average
     for measure in (
@@ -126,15 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         lines.append(measure())
         print_line(lines[-1])
-    print_ratios(lines, batch, dtype)
-
-    n_fidelity = DEFAULT_FIDELITY_PHOTOS.get(kind, 12) if args.fidelity_photos is None else args.fidelity_photos
-    if n_fidelity:
-        fp16_photos = args.fp16_photos if args.fp16_photos is not None else (n_fidelity if kind != "cpu" else 0)
-        del captioner
-        same_dtype_ids = seed_ids if dtype == "fp32" else {}
-        fidelity(settings, [CORPUS / p for p in PHOTOS[:n_fidelity]], batch, fp16_photos, same_dtype_ids)
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print_ratios(lines, batch, captioner.dtype_name)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -146,7 +153,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--photos", type=int, default=0,
                         help="photos per line (0: 12 on cpu, 256 on cuda); the corpus list repeats")
     parser.add_argument("--draft", default="auto", choices=["auto", "on", "off"],
-                        help="phototag's JPEG draft decoding (auto: phototag's default, off on cpu)")
+                        help="phototag's JPEG draft decoding (auto: phototag's default, off with fp32)")
     parser.add_argument("--new-tokens", type=int, default=20, help="exact caption length in tokens")
     parser.add_argument("--num-beams", type=int, default=1, help="1: greedy, as the model card's example")
     parser.add_argument("--fidelity-photos", type=int, default=None,
@@ -154,6 +161,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fp16-photos", type=int, default=None,
                         help="photos for the fp16 fidelity row (default: all on cuda, 0 on cpu where fp16 "
                              "takes ~40 s a photo)")
+    parser.add_argument("--fidelity-only", action="store_true", help="skip the three throughput lines")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "phototag-bench" / "blip-large"),
                         help="where the random BLIP-large is built once and cached (1.8 GB)")
@@ -303,7 +311,8 @@ def header(args: argparse.Namespace, captioner: Any, model_dir: Path, model: str
     print(f"settings    dtype {captioner.dtype_name}, batch size {captioner.batch_size}, "
           f"{args.new_tokens} new tokens (forced), num_beams {args.num_beams}, draft decoding "
           f"{'on' if captioner.draft_decode else 'off'} (phototag line)")
-    print(f"photos      {n} per line, from {len(PHOTOS)} corpus files incl. the 12 MP big_4000x3000_q92.jpg")
+    if not args.fidelity_only:
+        print(f"photos      {n} per line, from {len(PHOTOS)} corpus files incl. the 12 MP big_4000x3000_q92.jpg")
     print(f"versions    python {platform.python_version()}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, pillow {PIL.__version__}, exiftool {exiftool}, phototag {git_rev()}")
     print(f"model load  {load_s:.1f} s through phototag's Captioner (not in the lines below)\n")

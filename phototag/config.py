@@ -40,7 +40,7 @@ class ModelSettings:
     max_new_tokens: int = 30
     min_new_tokens: int = 0  # 0: the model stops when it is done
     num_beams: int = 3
-    draft_decode: str | bool = "auto"  # auto: off on cpu (exact captions), on for cuda/mps (decoding speed)
+    draft_decode: str | bool = "auto"  # auto: off with fp32 (exact captions), on with fp16/bf16
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,10 @@ def test_dtype_defaults() -> None:
     assert pick_dtype("bf16", "cpu") == "bf16"
 
 
-def test_draft_decoding_defaults_off_on_cpu_on_elsewhere() -> None:
-    assert pick_draft("auto", "cpu") is False
-    assert pick_draft("auto", "cuda:1") is True and pick_draft("auto", "mps") is True
-    assert pick_draft(True, "cpu") is True and pick_draft(False, "cuda") is False
+def test_draft_decoding_follows_precision() -> None:
+    assert pick_draft("auto", "fp32") is False
+    assert pick_draft("auto", "fp16") is True and pick_draft("auto", "bf16") is True
+    assert pick_draft(True, "fp32") is True and pick_draft(False, "fp16") is False
 
 
 @pytest.mark.parametrize("prompt", ["", "a dog on the"])
