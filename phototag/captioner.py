@@ -7,6 +7,7 @@ never caption (``search``, ``status``, ``show``) start fast.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+# torch's OpenMP threads spin after every parallel region (libgomp: 300,000 spins) before they sleep.
+# Beside phototag's own decode and exiftool threads, or any other busy program, the spinning takes the
+# cores those need, and the model's threads then wait on each other at every operation: on a busy
+# 2-core machine BLIP-large ran 2.5x slower than with passive waiting. It must be set before torch
+# loads; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class ModelLoadError(Exception):
@@ -54,6 +62,14 @@ def pick_dtype(requested: str, device: str) -> str:
     return "fp16" if device.startswith("cuda") else "fp32"
 
 
+def pick_draft(requested: str | bool, dtype: str) -> bool:
+    """Draft decoding follows precision: off with fp32 (the model card's exact captions), on once
+    bf16/fp16 already trade exactness for speed (and on GPUs, where decoding limits throughput)."""
+    if requested == "auto":
+        return dtype != "fp32"
+    return bool(requested)
+
+
 def clean_caption(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
@@ -85,6 +101,7 @@ class Captioner:
         self.dtype_name = pick_dtype(settings.dtype, self.device)
         self.torch_dtype = getattr(torch, _DTYPES[self.dtype_name])
         self.batch_size = settings.batch_size or _DEFAULT_BATCH.get(self.device.split(":")[0], 4)
+        self.draft_decode = pick_draft(settings.draft_decode, self.dtype_name)
         name = settings.name
         local = Path(name).expanduser()
         source = str(local) if local.exists() else name
@@ -132,8 +149,11 @@ class Captioner:
                 "max_new_tokens": self.settings.max_new_tokens,
                 "num_beams": self.settings.num_beams,
             }
+            if self.settings.min_new_tokens:
+                kwargs["min_new_tokens"] = self.settings.min_new_tokens
             if self._prompt_ids is not None:
-                ids = self._prompt_ids.to(self.device).expand(batch.shape[0], -1)
+                # a real copy per row: generate() writes the bos id into column 0 in place
+                ids = self._prompt_ids.to(self.device).repeat(batch.shape[0], 1)
                 kwargs["input_ids"] = ids
                 kwargs["attention_mask"] = torch.ones_like(ids)
             out = self.model.generate(**kwargs)

@@ -39,8 +39,9 @@ class ModelSettings:
     dtype: str = "auto"
     batch_size: int = 0  # 0: chosen for the device
     max_new_tokens: int = 30
+    min_new_tokens: int = 0  # 0: the model stops when it is done
     num_beams: int = 3
-    draft_decode: bool = True
+    draft_decode: str | bool = "auto"  # auto: off with fp32 (exact captions), on with fp16/bf16
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if key == "model.draft_decode":
+        if value != "auto" and not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true, false or \"auto\", got {value!r}")
+        return value
     if key in _CHOICES:
         if value not in _CHOICES[key] and not (key == "model.device" and str(value).startswith("cuda:")):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -273,22 +274,38 @@ class PhotoIndex:
             conn.close()
 
 
+def _under(folder: Path) -> Any:
+    """SQL condition: the row's path lies under ``folder``."""
+    prefix = str(folder).rstrip(os.sep) + os.sep
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return Photo.path.like(escaped + "%", escape="\\")
+
+
 def photos_under(session: Session, folders: Sequence[Path]) -> Iterator[Photo]:
     """Rows whose path lies under any of ``folders``."""
     for folder in folders:
-        prefix = str(folder).rstrip(os.sep) + os.sep
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        yield from session.scalars(select(Photo).where(Photo.path.like(escaped + "%", escape="\\")))
+        yield from session.scalars(select(Photo).where(_under(folder)))
 
 
 def remove_missing(index: PhotoIndex, folders: Sequence[Path]) -> list[str]:
-    """Sweep: delete rows under ``folders`` whose file is gone. Returns the removed paths."""
+    """Sweep: delete rows under ``folders`` whose file is gone. Returns the removed paths.
+
+    Streams ids and paths instead of loading every row as an object, so the sweep at the end of a
+    backfill takes the same memory for a million photos as for a thousand.
+    """
+    missing: list[tuple[int, str]] = []
+    with index.session() as session:
+        for folder in folders:
+            query = select(Photo.id, Photo.path).where(_under(folder)).execution_options(yield_per=2000)
+            missing.extend((row_id, path) for row_id, path in session.execute(query) if not os.path.exists(path))
     removed: list[str] = []
     with index.transaction() as session:
-        for row in photos_under(session, folders):
-            if not os.path.exists(row.path):
-                removed.append(row.path)
-                session.delete(row)
+        for row_id, path in missing:
+            if os.path.exists(path):  # back meanwhile
+                continue
+            # id and path: a row moved meanwhile (its path updated by another thread) is not touched
+            if session.execute(delete(Photo).where(Photo.id == row_id, Photo.path == path)).rowcount:
+                removed.append(path)
     return removed
 
 

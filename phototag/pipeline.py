@@ -57,6 +57,9 @@ FAILED_OUTCOME = "failed"
 WOULD_WRITE = "would-write"
 
 _STOP = object()
+# Longest wait for a batch to fill while photos are still being decoded (the first batch of a run, or
+# a GPU that outpaces decoding); a lone photo (the watch daemon) never waits.
+BATCH_FILL_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Pipeline:
         self._model_wanted = threading.Event()  # set by the first photo that needs the model
         self._stopping = threading.Event()
         self._workers_left = workers
+        self._workers_busy = 0  # decode workers holding a photo: more may reach the model soon
         self._workers_lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -222,11 +226,16 @@ class Pipeline:
                     continue
                 if item is _STOP:
                     break
+                with self._workers_lock:
+                    self._workers_busy += 1
                 try:
                     self._plan_and_decode(item)
                 except Exception as exc:  # one bad file never stops the run
                     log.debug("unexpected error on %s", item, exc_info=True)
                     self._report(Outcome(item, FAILED_OUTCOME, reason=f"unexpected error: {exc}"))
+                finally:
+                    with self._workers_lock:
+                        self._workers_busy -= 1
         finally:
             with self._workers_lock:
                 self._workers_left -= 1
@@ -250,7 +259,7 @@ class Pipeline:
             image = load_rgb(
                 path,
                 min_side=self.captioner.input_size,
-                draft=self.settings.model.draft_decode,
+                draft=self.captioner.draft_decode,
                 preview=self._raw_preview(path),
             )
             task.pixels = self.captioner.preprocess(image)
@@ -415,15 +424,22 @@ class Pipeline:
         if first is _STOP:
             return [], True
         batch = [first]
+        deadline = time.monotonic() + BATCH_FILL_WAIT_S
         while len(batch) < size:
             try:
                 item = self._to_model.get(timeout=0.05)
             except queue.Empty:
+                if self._decoding() and time.monotonic() < deadline:
+                    continue  # a partial batch costs a whole model call: wait for photos on their way
                 break
             if item is _STOP:
                 return batch, True
             batch.append(item)
         return batch, False
+
+    def _decoding(self) -> bool:
+        """Photos that may reach the model soon: in a decode worker's hands, or waiting for one."""
+        return not self._stopping.is_set() and (self._workers_busy > 0 or not self._inbox.empty())
 
     def _caption_batch(self, batch: list[Task]) -> list[Task]:
         assert self.captioner is not None

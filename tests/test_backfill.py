@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -183,3 +184,18 @@ def test_orientation_is_applied_before_captioning(corpus: Path) -> None:
     for n in range(2, 9):
         turned = load_rgb(corpus / f"jpg/orientation/portrait_{n}.jpg")
         assert turned.size == upright.size
+
+
+def test_backfill_sweeps_rows_of_deleted_photos_only_under_its_folders(config: Path, tmp_path: Path) -> None:
+    lib, sibling = tmp_path / "lib", tmp_path / "lib_2"  # a sibling folder sharing the prefix "lib"
+    kept, gone = copy_from_corpus(["jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg"], lib)
+    (elsewhere,) = copy_from_corpus(["jpg/gps/DSCN0021.jpg"], sibling)
+    assert run(config, "backfill", str(lib), str(sibling), "--no-progress").exit_code == 0
+    gone.unlink()
+    elsewhere.unlink()
+    result = run(config, "backfill", str(lib), "--no-progress")
+    assert result.exit_code == 0 and "removed 1 photos" in result.output
+    index = PhotoIndex(tmp_path / "index.sqlite3")
+    assert sorted(r.path for r in _all_rows(index)) == sorted([str(kept), str(elsewhere)])
+    with sqlite3.connect(tmp_path / "index.sqlite3") as connection:  # the FTS index followed the delete
+        connection.execute("INSERT INTO photos_fts(photos_fts, rank) VALUES ('integrity-check', 1)")

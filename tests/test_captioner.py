@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototag.captioner import Captioner, ModelLoadError, pick_dtype
-from phototag.config import ModelSettings
+from phototag.captioner import Captioner, ModelLoadError, pick_draft, pick_dtype
+from phototag.config import ModelSettings, Settings
 from phototag.imaging import load_rgb
+from tests.conftest import copy_from_corpus
 
 UPRIGHT = ["jpg/gps/DSCN0010.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/nikon-e950.jpg",
            "generated/gen_png.png", "jpg/xmp/BlueSquare.jpg", "tiff/BSG1.tiff"]
@@ -95,3 +96,37 @@ def test_dtype_defaults() -> None:
     assert pick_dtype("auto", "cuda") == "fp16"
     assert pick_dtype("auto", "cpu") == "fp32"
     assert pick_dtype("bf16", "cpu") == "bf16"
+
+
+def test_draft_decoding_follows_precision() -> None:
+    assert pick_draft("auto", "fp32") is False
+    assert pick_draft("auto", "fp16") is True and pick_draft("auto", "bf16") is True
+    assert pick_draft(True, "fp32") is True and pick_draft(False, "fp16") is False
+
+
+@pytest.mark.parametrize("prompt", ["", "a dog on the"])
+def test_pipeline_captions_equal_seed_script(prompt: str, settings: Settings, tiny_model: Path, corpus: Path,
+                                             tmp_path: Path) -> None:
+    """End to end, speed options off: the pipeline's captions are the seed script's tokens, decoded."""
+    from phototag.index import PhotoIndex
+    from phototag.metadata import ExifToolSession
+    from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
+
+    photos = copy_from_corpus(UPRIGHT, tmp_path / "photos")
+    model = replace(settings.model, prompt=prompt, draft_decode=False, max_new_tokens=10)
+    metadata = replace(settings.metadata, overwrite=True)  # caption photos that carry a description too
+    outcomes: list[Outcome] = []
+    with ExifToolSession() as exiftool:
+        pipeline = Pipeline(replace(settings, model=model, metadata=metadata), PhotoIndex(settings.db_path()), exiftool,
+                            dry_run=True, on_outcome=outcomes.append).start()
+        for photo in photos:
+            pipeline.submit(photo)
+        assert pipeline.close(timeout=120)
+    assert pipeline.captioner is not None
+    got = {o.path.name: o.caption if o.kind == WOULD_WRITE else o.reason for o in outcomes}
+    prefix = 1 + len(pipeline.captioner.processor.tokenizer(prompt).input_ids[1:-1]) if prompt else 1
+    expected = {}
+    for photo in photos:
+        caption = pipeline.captioner.decode(seed_script_ids(tiny_model, photo, prompt, 10)[prefix:])
+        expected[photo.name] = caption or "the model produced an empty caption"
+    assert got == expected

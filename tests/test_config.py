@@ -52,3 +52,14 @@ def test_db_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("PHOTOTAG_DB")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert Settings().db_path() == tmp_path / "data" / "phototag" / "index.sqlite3"
+
+
+def test_draft_decode_is_auto_or_a_boolean(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    for text, value in [("true", True), ("false", False), ('"auto"', "auto")]:
+        config.write_text(f"[model]\ndraft_decode = {text}\n")
+        assert load_settings(config).model.draft_decode == value
+    for text in ['"yes"', "1"]:
+        config.write_text(f"[model]\ndraft_decode = {text}\n")
+        with pytest.raises(ConfigError, match="model.draft_decode"):
+            load_settings(config)
