@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,3 +73,21 @@ def copy_from_corpus(names: list[str], dest: Path) -> list[Path]:
         os.chmod(target, 0o644)
         copies.append(target)
     return copies
+
+
+@contextmanager
+def read_only_folder(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` a place nobody can create files in: chmod for ordinary users, chattr +i for root."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)

@@ -32,6 +32,7 @@ from phototag.metadata import (
     normalize_caption,
     sidecar_path,
 )
+from tests.conftest import read_only_folder
 
 CORPUS = Path(os.environ.get("PHOTOTAG_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
 DATA = Path(__file__).parent / "data" / "metadata"
@@ -720,19 +721,8 @@ def locked_dir(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "locked"
     folder.mkdir()
     shutil.copyfile(CORPUS / "jpg/Canon_40D.jpg", folder / "photo.jpg")
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
-            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
-        try:
-            yield folder
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield folder
-        finally:
-            folder.chmod(0o755)
+    with read_only_folder(folder):
+        yield folder
 
 
 @needs_corpus

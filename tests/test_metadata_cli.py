@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from phototag.cli import main
 from phototag.metadata import temp_path
-from tests.conftest import copy_from_corpus
+from tests.conftest import copy_from_corpus, read_only_folder
 from tests.test_metadata import DATA, changed_tags, exiftool_json, sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -194,19 +194,8 @@ def locked_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody can create files in: chmod for ordinary users, chattr +i for root."""
     folder = tmp_path / "lib" / "locked"
     copy_from_corpus(["jpg/gps/DSCN0021.jpg"], folder)
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
-            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
-        try:
-            yield folder
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield folder
-        finally:
-            folder.chmod(0o755)
+    with read_only_folder(folder):
+        yield folder
 
 
 def test_read_only_photo_gets_a_sidecar_read_only_folder_fails_with_a_reason(
