@@ -130,3 +130,33 @@ def test_pipeline_captions_equal_seed_script(prompt: str, settings: Settings, ti
         caption = pipeline.captioner.decode(seed_script_ids(tiny_model, photo, prompt, 10)[prefix:])
         expected[photo.name] = caption or "the model produced an empty caption"
     assert got == expected
+
+
+@pytest.mark.parametrize("minimum", [0, 10])
+def test_min_new_tokens_holds_back_the_end_of_caption(minimum: int, model_settings: ModelSettings,
+                                                      corpus: Path) -> None:
+    import torch
+
+    captioner = Captioner(replace(model_settings, min_new_tokens=minimum))
+    end = captioner.processor.tokenizer.sep_token_id  # BLIP ends a caption with [SEP]
+    with torch.no_grad():  # make [SEP] the model's first choice at every step
+        captioner.model.text_decoder.cls.predictions.bias[end] += 1e4
+    ids = captioner.generate_ids([captioner.preprocess(load_rgb(corpus / name)) for name in UPRIGHT[:3]])
+    if minimum:
+        assert all(len(row) == 10 and end not in row for row in ids)
+    else:
+        assert all(row[0] == end for row in ids)
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_chose(given: str | None, seen: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, phototag.captioner; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == seen
