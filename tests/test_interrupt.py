@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,26 @@ def setup(tmp_path: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
     return lib, db, config
 
 
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """A failed assertion or timeout must not leave a backfill running (they run in their own session)."""
+    yield
+    for proc in _started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    _started.clear()
+
+
+_started: list[subprocess.Popen[str]] = []
+
+
 def start_backfill(config: Path, lib: Path) -> subprocess.Popen[str]:
+    _started.append(_popen(config, lib))
+    return _started[-1]
+
+
+def _popen(config: Path, lib: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib),
                              "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
