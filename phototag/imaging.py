@@ -1,6 +1,7 @@
 """Open a photo for the model: decode, apply EXIF orientation, draft-decode big JPEGs, refuse junk.
 
-Every failure is an :class:`ImageError` whose message is one line a person can act on.
+Every failure is an :class:`ImageError` whose message is one line a person can act on. Which names are
+photos is decided in :mod:`phototag.formats` (re-exported here).
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ import warnings
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from phototag.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS, is_image_path, is_raw_path
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "RAW_EXTENSIONS",
+    "ImageError",
+    "is_image_path",
+    "is_raw_path",
+    "load_rgb",
+]
 
 try:
     import pillow_heif
@@ -26,31 +38,9 @@ MAX_PIXELS = 400_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = frozenset(
-    ext
-    for ext in (
-        ".jpg .jpeg .jpe .jfif .png .tif .tiff .webp .heic .heif .hif .avif .bmp .gif "
-        ".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .raf .rw2 .orf .pef .srw .rwl .3fr .erf .kdc .mrw .x3f"
-    ).split()
-)
-RAW_EXTENSIONS = frozenset(
-    ".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .raf .rw2 .orf .pef .srw .rwl .3fr .erf .kdc .mrw .x3f".split()
-)
-
 
 class ImageError(Exception):
     """A photo that cannot be decoded; the message is a one-line reason."""
-
-
-def is_image_path(path: str | os.PathLike[str]) -> bool:
-    name = os.path.basename(path)
-    if name.startswith("."):
-        return False
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_raw_path(path: str | os.PathLike[str]) -> bool:
-    return os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
 
 
 def _open(source: Path | io.BytesIO, min_side: int, draft: bool) -> Image.Image:

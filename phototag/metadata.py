@@ -48,6 +48,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from phototag.formats import PAIRED_EXTENSIONS, RAW_EXTENSIONS, is_raw_path
+
 if TYPE_CHECKING:
     from phototag.config import MetadataSettings
 
@@ -70,15 +72,6 @@ EXIFTOOL_MISSING = (
     "exiftool not found: install it "
     "(Debian/Ubuntu: sudo apt-get install libimage-exiftool-perl; macOS: brew install exiftool)"
 )
-
-RAW_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".3fr", ".ari", ".arw", ".bay", ".braw", ".cap", ".cr2", ".cr3", ".crw", ".dcr", ".dcs",
-        ".dng", ".drf", ".eip", ".erf", ".fff", ".gpr", ".iiq", ".k25", ".kdc", ".mdc", ".mef",
-        ".mos", ".mrw", ".nef", ".nrw", ".orf", ".ori", ".pef", ".ptx", ".pxn", ".r3d", ".raf",
-        ".raw", ".rw2", ".rwl", ".rwz", ".sr2", ".srf", ".srw", ".x3f",
-    }
-)  # fmt: skip
 
 MODES = ("embed", "sidecar", "both")
 SIDECAR_NAMINGS = ("ext", "base")
@@ -303,13 +296,7 @@ def sidecar_path(photo: Path, naming: str = "ext") -> Path:
 
 
 # Extensions of photos that could share a base name with another photo in the same folder.
-_PAIRED_EXTENSIONS = tuple(
-    sorted(
-        RAW_EXTENSIONS
-        | {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".hif",
-           ".avif", ".bmp", ".gif", ".psd", ".jxl"}
-    )
-)  # fmt: skip
+_PAIRED_EXTENSIONS = tuple(sorted(PAIRED_EXTENSIONS))
 
 
 def sidecar_for(photo: Path, naming: str = "ext") -> Path:
@@ -369,7 +356,7 @@ def temp_path(target: Path) -> Path:
 
 
 def is_raw(photo: Path) -> bool:
-    return Path(photo).suffix.lower() in RAW_EXTENSIONS
+    return is_raw_path(photo)
 
 
 def is_temp_name(name: str) -> bool:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from phototag.imaging import is_image_path
+from phototag.formats import is_image_path
 
 
 def walk_photos(roots: Iterable[Path]) -> Iterator[Path]:

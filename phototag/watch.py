@@ -29,7 +29,7 @@ from typing import Any
 from phototag.captioner import Captioner
 from phototag.config import Settings
 from phototag.daemon import DaemonLock, write_state
-from phototag.imaging import is_image_path
+from phototag.formats import is_image_path
 from phototag.index import PhotoIndex, remove_missing, remove_missing_paths
 from phototag.metadata import TEMP_MARKER, ExifToolSession
 from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, Outcome, Pipeline
