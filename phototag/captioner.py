@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phototag.config import ModelSettings
+from phototag.config import ModelSettings, default_batch_size
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,6 @@ class ModelLoadError(Exception):
 
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-_DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 4}
 
 
 def pick_device(requested: str) -> str:
@@ -100,7 +99,7 @@ class Captioner:
         self.device = pick_device(settings.device)
         self.dtype_name = pick_dtype(settings.dtype, self.device)
         self.torch_dtype = getattr(torch, _DTYPES[self.dtype_name])
-        self.batch_size = settings.batch_size or _DEFAULT_BATCH.get(self.device.split(":")[0], 4)
+        self.batch_size = settings.batch_size or default_batch_size(self.device)
         self.draft_decode = pick_draft(settings.draft_decode, self.dtype_name)
         name = settings.name
         local = Path(name).expanduser()

@@ -31,6 +31,17 @@ def config_dir() -> Path:
     return Path(base) / "phototag"
 
 
+# Captions per model call when [model] batch_size is 0, by device kind. The captioner batches with it
+# and the pipeline sizes its queues from it, so both read it here.
+DEFAULT_BATCH_SIZE = {"cuda": 32, "mps": 8, "cpu": 4}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size for ``device`` ("cuda:1" counts as "cuda"; "auto" as "cpu" until torch has
+    picked a device: the pipeline grows its queues once the model has loaded)."""
+    return DEFAULT_BATCH_SIZE.get(device.split(":")[0], DEFAULT_BATCH_SIZE["cpu"])
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = DEFAULT_MODEL

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from phototag.captioner import Captioner, ModelLoadError
-from phototag.config import Settings
+from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
@@ -116,11 +116,10 @@ class Pipeline:
         self.captioner: Captioner | None = None
         self.error: BaseException | None = None
         workers = max(1, settings.pipeline.decode_workers)
-        batch = max(1, settings.model.batch_size or 4)
-        depth = batch * max(1, settings.pipeline.queue_batches)
-        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=depth * 2)
-        self._to_model: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._to_writer: queue.Queue[Any] = queue.Queue(maxsize=depth * 2)
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._to_model: queue.Queue[Any] = queue.Queue()
+        self._to_writer: queue.Queue[Any] = queue.Queue()
+        self._size_queues(settings.model.batch_size or default_batch_size(settings.model.device))
         self._model_ready = threading.Event()
         self._model_wanted = threading.Event()  # set by the first photo that needs the model
         self._stopping = threading.Event()
@@ -142,6 +141,21 @@ class Pipeline:
             self.embeddings = EmbedWorker(index, settings.embedding_model())
             self._threads.append(self.embeddings.thread)
         self._started = False
+
+    def _size_queues(self, batch_size: int) -> None:
+        """Queue depths follow the batch the model takes (``[pipeline] queue_batches`` batches wait for
+        it). Called again once the model has loaded, when "auto" has become a device with its own
+        default; nothing reaches the model's queue before that."""
+        depth = max(1, batch_size) * max(1, self.settings.pipeline.queue_batches)
+        for q, size in ((self._inbox, depth * 2), (self._to_model, depth), (self._to_writer, depth * 2)):
+            with q.mutex:  # queue.Queue reads maxsize under its mutex; growing it wakes blocked producers
+                q.maxsize = size
+                q.not_full.notify_all()
+
+    @property
+    def queue_depths(self) -> tuple[int, int, int]:
+        """Capacity of the inbox, the model's queue and the writer's queue."""
+        return self._inbox.maxsize, self._to_model.maxsize, self._to_writer.maxsize
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -394,6 +408,7 @@ class Pipeline:
         try:
             if self._model_needed():
                 self.captioner = self._captioner_factory()
+                self._size_queues(self.captioner.batch_size)
         except ModelLoadError as exc:
             self._fail(exc)
         except Exception as exc:
