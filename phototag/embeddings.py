@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phototag.schema import DONE
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -145,12 +147,13 @@ def without_vectors(index: PhotoIndex, model: str, ids: Sequence[int]) -> set[in
 
 def missing_count(index: PhotoIndex, model: str) -> int:
     with index.engine.connect() as conn:
-        return conn.execute(_sql(_MISSING.format(select="count(*)", after="", limit="")), {"model": model}).scalar_one()
+        statement = _sql(_MISSING.format(select="count(*)", after="", limit=""))
+        return conn.execute(statement, {"model": model, "status": DONE}).scalar_one()
 
 
 _MISSING = (
     "SELECT {select} FROM photos p LEFT JOIN photo_embeddings e ON e.photo_id = p.id AND e.model = :model "
-    "WHERE p.status = 'done' AND p.caption IS NOT NULL AND p.caption != '' AND e.photo_id IS NULL {after} {limit}"
+    "WHERE p.status = :status AND p.caption IS NOT NULL AND p.caption != '' AND e.photo_id IS NULL {after} {limit}"
 )
 
 
@@ -161,7 +164,7 @@ def _missing_batches(index: PhotoIndex, model: str, size: int) -> Iterator[list[
             rows = conn.execute(
                 _sql(_MISSING.format(select="p.id, p.caption", after="AND p.id > :last",
                                      limit="ORDER BY p.id LIMIT :n")),
-                {"model": model, "last": last, "n": size},
+                {"model": model, "status": DONE, "last": last, "n": size},
             ).all()
         if not rows:
             return

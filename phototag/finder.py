@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phototag.schema import BUSY_TIMEOUT_S, DONE
 from phototag.search import Query
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ RANK_CAP_FILTERED = 2_000  # with a filter that keeps many photos (each match co
 FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (from its index alone)
 FEW_KEPT_SEMANTIC = 20_000  # ... for search by meaning: more than this pass often enough to check later
 RRF_K = 60
-DONE = "done"
 
 
 class SearchError(Exception):
@@ -74,13 +74,13 @@ def _has_search_schema(conn: sqlite3.Connection) -> bool:
 
 def connect(db: Path) -> sqlite3.Connection:
     """A connection for searching. An index from an older phototag is upgraded first (once)."""
-    conn = sqlite3.connect(db, timeout=10.0, check_same_thread=False)
+    conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     if not _has_search_schema(conn):
         conn.close()
         from phototag.index import PhotoIndex  # SQLAlchemy: only on this rare path
 
         PhotoIndex(db).close()
-        conn = sqlite3.connect(db, timeout=10.0, check_same_thread=False)
+        conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     return conn
 
 

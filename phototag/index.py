@@ -40,14 +40,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from phototag.finder import Finder, SearchHit, connect
+
+# Status names and caption sources live in phototag.schema (plain sqlite3 readers need them too);
+# they are re-exported here, where the rest of phototag imports them from.
+from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, PENDING
+from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
+from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
 from phototag.search import Query, parse_query
-
-PENDING = "pending"
-DONE = "done"
-FAILED = "failed"
-
-SOURCE_MODEL = "model"
-SOURCE_HUMAN = "human"
 
 SCHEMA_VERSION = 2  # 2: photos.taken_at, photo_embeddings
 
@@ -168,7 +167,7 @@ def _migrate(conn: Any) -> None:
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     # Switching a new file to WAL needs a moment alone with it; a process opening the same new index
     # at that instant is told "locked" at once (no busy wait), so it tries again.
     for attempt in range(100):

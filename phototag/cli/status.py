@@ -10,7 +10,7 @@ import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.daemon import daemon_status
-from phototag.index import PhotoIndex
+from phototag.index import DONE, FAILED, PENDING, PhotoIndex
 
 
 @click.command("status")
@@ -48,15 +48,15 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(f"index: {db}")
-    click.echo(f"photos: {sum(counts.values())}  done: {counts['done']}  pending: {counts['pending']}  "
-               f"failed: {counts['failed']}")
+    click.echo(f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
+               f"failed: {counts[FAILED]}")
     click.echo(_daemon_line(daemon_status(db)))
     if failed:
         click.echo("failed:")
         for row in failed:
             click.echo(f"  {row.path}: {row.failure_reason}")
-        if counts["failed"] > len(failed):
-            click.echo(f"  ... and {counts['failed'] - len(failed)} more (--failures 0 lists all)")
+        if counts[FAILED] > len(failed):
+            click.echo(f"  ... and {counts[FAILED] - len(failed)} more (--failures 0 lists all)")
 
 
 def _when(epoch: Any) -> str:

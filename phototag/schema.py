@@ -1,0 +1,20 @@
+"""Names and settings every reader of the index shares: row statuses, caption sources, the busy timeout.
+
+Standard library only, so the SQLAlchemy index (:mod:`phototag.index`), the plain-sqlite3 search
+(:mod:`phototag.finder`) and the commands all import the same values instead of spelling them again.
+"""
+
+from __future__ import annotations
+
+# photos.status
+PENDING = "pending"  # queued or in flight; resumed after a crash
+DONE = "done"  # caption written to the photo (or its sidecar) and indexed
+FAILED = "failed"  # this photo's own trouble; failure_reason says which
+STATUSES = (PENDING, DONE, FAILED)
+
+# photos.caption_source
+SOURCE_MODEL = "model"
+SOURCE_HUMAN = "human"
+
+# How long a connection waits for another writer (the daemon, a backfill) before "database is locked".
+BUSY_TIMEOUT_S = 10.0
