@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -349,7 +350,9 @@ def _same_stem_photos(photo: Path) -> list[Path]:
 def temp_path(target: Path) -> Path:
     """Hidden temp file beside ``target`` that keeps its extension (so ExifTool keeps the format)."""
     name = f".{target.name}{TEMP_MARKER}{target.suffix}"
-    if len(os.fsencode(name)) > 240:  # stay under NAME_MAX with room for exiftool's "_exiftool_tmp"
+    # Stay under NAME_MAX with room for exiftool's "_exiftool_tmp"; and give exiftool a name it can
+    # take (its argument stream is one name per line).
+    if len(os.fsencode(name)) > 240 or _has_line_break(name):
         digest = hashlib.sha1(os.fsencode(target.name)).hexdigest()[:16]
         name = f".{digest}{TEMP_MARKER}{target.suffix}"
     return target.with_name(name)
@@ -465,13 +468,75 @@ def escape_value(value: str) -> str:
     return text
 
 
+def _has_line_break(text: str) -> bool:
+    return "\n" in text or "\r" in text
+
+
 def _arg_path(path: Path) -> bytes:
     """A file argument for the ``-@ -`` stream: absolute (so "-x.jpg" is never read as an option),
-    as the file system's own bytes (any name works, UTF-8 or not), and on one line."""
+    as the file system's own bytes (any name works, UTF-8 or not), and on one line (a name with a line
+    break goes through :class:`_SafeNames` first)."""
     raw = os.fsencode(os.path.abspath(path))
     if b"\n" in raw or b"\r" in raw:
         raise MetadataError(f"cannot handle a file name containing a line break: {str(path)!r}")
     return raw
+
+
+class _SafeNames:
+    """Names without line breaks for paths that have them, so exiftool's line-based argument stream
+    can reach every file.
+
+    The aliases are symbolic links in a private temp folder (mode 0700, removed on :meth:`close`): a
+    photo whose own name has a line break is read through a link to it; a folder whose name has one is
+    reached through a link to the folder, so exiftool can also write phototag's temp copy inside it
+    (temp names never have a line break). Every write still ends with phototag's own rename of that
+    temp copy onto the real name, so photos and sidecars keep their names.
+    """
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._aliases: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path) -> Path:
+        path = Path(os.path.abspath(path))
+        if not _has_line_break(str(path)):
+            return path
+        with self._lock:
+            return self._alias(path)
+
+    def _alias(self, path: Path) -> Path:
+        known = self._aliases.get(str(path))
+        if known is not None:
+            return known
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="phototag-names-"))
+        if _has_line_break(path.name):
+            suffix = "" if _has_line_break(path.suffix) else path.suffix  # exiftool picks formats by suffix
+            alias = self._folder / f"{len(self._aliases)}{suffix}"
+            os.symlink(path, alias)
+        else:
+            alias = self._alias(path.parent) / path.name  # the line break is in a folder's name
+        self._aliases[str(path)] = alias
+        return alias
+
+    def aliases(self, *paths: Path) -> list[Path]:
+        """The aliases made for ``paths`` (to take them out of exiftool's messages)."""
+        with self._lock:
+            return [self._aliases[key] for key in map(str, paths) if key in self._aliases]
+
+    def close(self) -> None:
+        with self._lock:
+            folder, self._folder = self._folder, None
+            self._aliases.clear()
+        if folder is None:
+            return
+        try:
+            for entry in os.scandir(folder):
+                os.unlink(entry.path)  # the links themselves, never what they point to
+            os.rmdir(folder)
+        except OSError as exc:
+            log.warning("cannot remove phototag's temp folder %s: %s", folder, exc.strerror or exc)
 
 
 def as_list(value: object) -> list[str]:
@@ -1056,6 +1121,7 @@ class ExifToolSession:
         self._lock = threading.RLock()
         self._helper = None
         self._closed = False
+        self._safe_names = _SafeNames()
         self._start()
 
     @classmethod
@@ -1094,6 +1160,11 @@ class ExifToolSession:
         with self._lock:
             self._closed = True
             self._stop()
+            self._safe_names.close()
+
+    def _arg(self, path: Path) -> bytes:
+        """``path`` as one argument line for exiftool, through a safe alias if its name has a line break."""
+        return _arg_path(self._safe_names(path))
 
     def _stop(self) -> None:
         with self._lock:
@@ -1149,7 +1220,7 @@ class ExifToolSession:
         duplicates kept apart (-G1:4 numbers copies; plain -G1 JSON silently keeps only the first) and
         XMP structures whole (-struct), so that two reads can be compared tag by tag."""
         args = ["-j", "-a", "-G1:4", "-struct", "-n", "-b"] if everything else ["-j", "-G1"]
-        args += list(tags) + [_arg_path(p) for p in paths]
+        args += list(tags) + [self._arg(p) for p in paths]
         stdout, stderr, _ = self._run(args)
         try:
             # numbers stay text: "1.50" or "007" must not become 1.5 or 7
@@ -1165,7 +1236,7 @@ class ExifToolSession:
     def preview(self, photo: Path) -> bytes | None:
         """The largest embedded JPEG preview of a RAW file (what cameras show), or None."""
         tags = ["-JpgFromRaw", "-PreviewImage", "-OtherImage", "-ThumbnailImage"]
-        stdout, _, _ = self._run(["-j", "-b", *tags, _arg_path(Path(photo))])
+        stdout, _, _ = self._run(["-j", "-b", *tags, self._arg(Path(photo))])
         try:
             record = (json.loads(stdout) if stdout.strip() else [{}])[0]
         except (json.JSONDecodeError, IndexError):
@@ -1208,8 +1279,10 @@ class ExifToolSession:
         caption = normalize_caption(caption)
         wanted = normalize_keywords(keywords)
         photo = Path(photo)
-        if photo.is_symlink():  # replace the file the link points to, not the link
-            photo = photo.resolve()
+        if photo.is_symlink():
+            # The target may lie outside every folder phototag was given; replacing the link would
+            # turn it into a copy. The pipeline skips links before they get here.
+            raise MetadataError(f"{photo}: a symbolic link; phototag never writes through a link")
         with self._lock:
             file_tags, sidecar_tags = self._read_owned(photo)
             existing_keywords = choose_keywords(file_tags)
@@ -1275,12 +1348,12 @@ class ExifToolSession:
             if edit_in_place:
                 if exists:
                     shutil.copyfile(target, tmp)
-                command = [*args, "-overwrite_original", _arg_path(tmp)]
+                command = [*args, "-overwrite_original", self._arg(tmp)]
             else:
-                command = [*args, "-o", _arg_path(tmp), _arg_path(target)]
+                command = [*args, "-o", self._arg(tmp), self._arg(target)]
             _, stderr, status = self._run(command)
             if status != 0 or not tmp.is_file() or (exists and tmp.stat().st_size == 0):
-                message = _one_line(stderr, target, tmp)
+                message = _one_line(stderr, target, tmp, *self._safe_names.aliases(target, tmp))
                 if _IO_ERROR.search(message):
                     raise MetadataError(f"{target}: exiftool could not write: {message}")
                 raise rejected(f"exiftool refused to write it ({message})")
@@ -1304,6 +1377,8 @@ class ExifToolSession:
     ) -> WriteResult:
         """Create or merge ``photo``'s XMP sidecar through a temp copy; other tags and namespaces survive."""
         target = self.sidecar_for(photo)
+        if target.is_symlink():  # replacing it would write a file where a link was (or write through it)
+            raise MetadataError(f"{target}: the sidecar is a symbolic link; not touching it")
         exists = target.is_file()
         if exists and sidecar_tags is None:
             raise MetadataError(f"{target}: existing sidecar is unreadable; not touching it")

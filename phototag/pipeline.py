@@ -55,6 +55,7 @@ SKIPPED = "skipped"
 MOVED = "moved"
 FAILED_OUTCOME = "failed"
 WOULD_WRITE = "would-write"
+SYMLINK = "symlink"  # a link to a file: never captioned through the link (see Pipeline.plan)
 
 _STOP = object()
 # Longest wait for a batch to fill while photos are still being decoded (the first batch of a run, or
@@ -289,6 +290,12 @@ class Pipeline:
 
     def plan(self, path: Path) -> Task | None:
         """Decide what a photo needs; None when nothing (reported as skipped or moved)."""
+        if os.path.islink(path):
+            # Writing through a link would change a file that may lie outside every folder phototag was
+            # given, and replacing the link would turn it into a copy. A target inside the library is
+            # walked (and captioned) under its own name anyway.
+            self._report(Outcome(path, SYMLINK, reason=symlink_reason(path)))
+            return None
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -602,6 +609,15 @@ class MetadataWrites:
             row.size, row.mtime_ns, row.content_hash = stat.st_size, stat.st_mtime_ns, content_hash(task.path)
         except OSError:
             pass
+
+
+def symlink_reason(path: Path) -> str:
+    """One line on why a link is skipped, naming where it points."""
+    try:
+        target = os.path.realpath(path, strict=True)
+    except OSError:
+        return "a symbolic link whose target cannot be reached: skipped"
+    return f"a symbolic link to {target}: skipped (phototag never writes through a link; caption the file itself)"
 
 
 def index_keywords(task: Task) -> str:

@@ -32,7 +32,7 @@ from phototag.daemon import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex, remove_missing, remove_missing_paths
 from phototag.metadata import TEMP_MARKER, ExifToolSession
-from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, Outcome, Pipeline
+from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SYMLINK, Outcome, Pipeline
 from phototag.scan import walk_photos
 
 log = logging.getLogger(__name__)
@@ -395,6 +395,8 @@ class WatchDaemon:
             log.info("%s: %s, caption kept", outcome.path, outcome.reason)
         elif outcome.kind == FAILED_OUTCOME:
             self._error(f"{outcome.path}: {outcome.reason}")
+        elif outcome.kind == SYMLINK:
+            log.info("%s: %s", outcome.path, outcome.reason)
         else:
             log.debug("%s %s", outcome.kind, outcome.path)
 

@@ -548,12 +548,24 @@ def test_read_is_one_exiftool_call(
 
 
 @needs_corpus
-def test_symlink_writes_the_target_and_keeps_the_link(session: ExifToolSession, tmp_path: Path) -> None:
+def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, tmp_path: Path) -> None:
     photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
     link = tmp_path / "link.jpg"
     link.symlink_to(photo)
-    session.write(link, CAPTION)
-    assert link.is_symlink() and exiftool_json(photo)["XMP-dc:Description"] == CAPTION
+    before = photo.read_bytes()
+    with pytest.raises(MetadataError, match="symbolic link"):
+        session.write(link, CAPTION)
+    assert link.is_symlink() and photo.read_bytes() == before
+    # a sidecar that is a link (to a file elsewhere) is not replaced or written through either
+    raw = copy_from_corpus(tmp_path, "raw/DNG.dng")
+    elsewhere = tmp_path / "elsewhere.xmp"
+    session.write(raw, CAPTION)
+    shutil.move(sidecar_path(raw), elsewhere)
+    sidecar_path(raw).symlink_to(elsewhere)
+    kept = elsewhere.read_bytes()
+    with pytest.raises(MetadataError, match="sidecar is a symbolic link"):
+        session.write(raw, "another caption")
+    assert sidecar_path(raw).is_symlink() and elsewhere.read_bytes() == kept
 
 
 # --------------------------------------------------------------------------------------------------

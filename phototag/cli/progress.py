@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SKIPPED, WOULD_WRITE, Outcome
+from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SKIPPED, SYMLINK, WOULD_WRITE, Outcome
 
 
 def _duration(seconds: float) -> str:
@@ -51,6 +51,9 @@ class Progress:
                 if self.enabled:
                     self._clear()
                     print(f"failed: {outcome.path}: {outcome.reason}", file=sys.stderr)
+            elif outcome.kind == SYMLINK and self.enabled:
+                self._clear()
+                print(f"skipped: {outcome.path}: {outcome.reason}", file=sys.stderr)
             self._draw()
 
     def _clear(self) -> None:
@@ -95,6 +98,8 @@ class Progress:
             f"moved {c[MOVED]}",
             f"failed {c[FAILED_OUTCOME]}",
         ]
+        if c[SYMLINK]:
+            parts.append(f"symbolic links skipped {c[SYMLINK]}")
         if c[WOULD_WRITE]:
             parts.insert(0, f"would caption {c[WOULD_WRITE]}")
         return ", ".join(parts)
