@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -91,3 +93,21 @@ def read_only_folder(folder: Path) -> Iterator[Path]:
             yield folder
         finally:
             folder.chmod(0o755)
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition",
+               poll: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something true (which is returned) or ``timeout`` seconds
+    pass (AssertionError naming ``what``). Tests wait on conditions like this, never on fixed sleeps:
+    a deadline is generous on a loaded machine and costs nothing on a quiet one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(poll)

@@ -9,14 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, copy_from_corpus
+from tests.conftest import REPO, copy_from_corpus, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -71,16 +70,15 @@ def done_rows(db: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT path, caption FROM photos WHERE status = 'done'").fetchall())
 
 
-def wait_for_done(db: Path, proc: subprocess.Popen[str], at_least: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+def wait_for_done(db: Path, proc: subprocess.Popen[str], at_least: int, timeout: float = 120) -> None:
+    def done() -> bool:
+        assert proc.poll() is None, f"the backfill ended (exit {proc.returncode}) before {at_least} captions"
         try:
-            if len(done_rows(db)) >= at_least:
-                return
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"backfill did not caption {at_least} photos in time")
+            return len(done_rows(db)) >= at_least
+        except sqlite3.OperationalError:  # the index is being created
+            return False
+
+    wait_until(done, timeout, what=f"{at_least} captions from the backfill")
 
 
 def check_library(lib: Path, db: Path, *, killed: bool = False) -> dict[str, str]:

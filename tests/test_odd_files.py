@@ -19,7 +19,8 @@ from phototag.config import Settings, WatchSettings
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import SYMLINK
 from tests.conftest import copy_from_corpus
-from tests.test_watch import pixels, rows, running_daemon, wait_for
+from tests.conftest import wait_until as wait_for
+from tests.test_watch import pixels, rows, running_daemon
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from phototag.metadata import TEMP_MARKER, ExifToolSession
 from phototag.pipeline import Pipeline
 from phototag.watch import Settler, WatchDaemon, distinct_roots, is_ignored_name
 from tests.conftest import REPO
+from tests.conftest import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -77,16 +78,6 @@ def description(path: Path) -> str | None:
     return json.loads(out.stdout)[0].get("Description")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 def rows(db: Path) -> dict[str, Photo]:
     index = PhotoIndex(db)
     try:
@@ -111,12 +102,15 @@ class WriteSpy:
 
         self.writes: Counter[str] = Counter()
         self.times: dict[str, float] = {}
+        self.seen: set[str] = set()  # every path an event named
         self._lock = threading.Lock()
         self._observer = Observer()
         self._observer.schedule(self, str(folder), recursive=True)
         self._observer.start()
 
     def dispatch(self, event: Any) -> None:
+        with self._lock:
+            self.seen.add(os.fsdecode(event.src_path))
         if event.event_type == "moved" and TEMP_MARKER in os.path.basename(os.fsdecode(event.src_path)):
             with self._lock:
                 self.writes[os.fsdecode(event.dest_path)] += 1
@@ -146,6 +140,30 @@ class Harness:
     spy: WriteSpy
     inferred: Counter[str]
     submitted: Counter[str] = field(default_factory=Counter)
+    dispatched: Counter[str] = field(default_factory=Counter)  # events the daemon was handed, by path
+    passes: list[int] = field(default_factory=lambda: [0])  # dispatcher passes completed
+
+    def own_writes_settled(self, folder: Path) -> None:
+        """Wait until every event phototag's own writes caused has gone all the way through the daemon
+        (instead of sleeping "long enough" for a self-trigger to show).
+
+        inotify reports a folder's events in order, so once a hidden sentinel file's event has reached
+        the daemon and the spy, so has every earlier one. Then: nothing still settling, a dispatcher
+        pass completed since (whatever settled was submitted), the pipeline empty (any write done),
+        and a second sentinel through the spy (it saw those writes)."""
+        def through(name: str, *, daemon: bool) -> None:
+            sentinel = folder / f".sentinel-{name}-{time.monotonic_ns()}"
+            sentinel.write_bytes(b"")
+            wait_for(lambda: str(sentinel) in self.spy.seen and (not daemon or str(sentinel) in self.dispatched),
+                     what=f"the {name} sentinel's event")
+            sentinel.unlink()
+
+        through("first", daemon=True)
+        wait_for(lambda: self.daemon.settler.settling() == 0, what="nothing settling")
+        passes = self.passes[0]
+        wait_for(lambda: self.passes[0] > passes, what="a dispatcher pass")
+        wait_for(lambda: self.daemon.pipeline.queued() == 0, what="an empty pipeline")
+        through("second", daemon=False)
 
 
 @pytest.fixture
@@ -170,6 +188,20 @@ def running_daemon(settings: Settings, lib: Path) -> Iterator[Harness]:
         return submit(path)
 
     daemon.pipeline.submit = counting_submit  # type: ignore[method-assign]
+    dispatch, deletions = daemon.dispatch, daemon.settler.deletions
+
+    def recording_dispatch(event: Any) -> None:
+        harness.dispatched[os.fsdecode(event.src_path)] += 1
+        dispatch(event)
+
+    def counting_deletions(quiet: bool, *args: Any) -> list[str]:
+        try:
+            return deletions(quiet, *args)
+        finally:  # the dispatcher asks once per pass, after submitting what settled
+            harness.passes[0] += 1
+
+    daemon.dispatch = recording_dispatch  # type: ignore[method-assign]
+    daemon.settler.deletions = counting_deletions  # type: ignore[method-assign]
     daemon.start()
     try:
         assert daemon.ready.wait(30), "catch-up scan did not finish"
@@ -265,7 +297,7 @@ def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, s
         for photo in staged:
             shutil.copyfile(photo, lib / photo.name)
         wait_for(lambda: done_count(db) == 50, what="50 captions")
-        time.sleep(SETTLE * 3)  # time for any event from phototag's own writes to come back
+        run.own_writes_settled(lib)  # a self-trigger would now show in the counts
         submitted, writes, inferred = dict(run.submitted), dict(run.spy.writes), run.inferred["photos"]
     found = rows(db)
     assert sorted(found) == sorted(str(lib / p.name) for p in staged)
@@ -281,7 +313,7 @@ def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, s
 
 def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settings, staged: list[Path],
                                                           tmp_path: Path) -> None:
-    settings = replace(watch_settings, watch=replace(watch_settings.watch, settle_seconds=1.0))
+    settings = replace(watch_settings, watch=replace(watch_settings.watch, settle_seconds=2.0))
     lib = tmp_path / "lib"
     lib.mkdir()
     source = staged[0]
@@ -289,10 +321,13 @@ def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settin
     target = lib / "slow.jpg"
     with running_daemon(settings, lib) as run:
         with open(target, "wb") as handle:
-            for start in range(0, len(data), len(data) // 10 + 1):  # ~1 s of writing, 0.1 s between chunks
+            for start in range(0, len(data), len(data) // 10 + 1):  # 10 chunks, >= 0.1 s apart
+                events = run.dispatched[str(target)]
                 handle.write(data[start:start + len(data) // 10 + 1])
                 handle.flush()
-                time.sleep(0.1)
+                # the daemon has seen this chunk (its settle clock restarted) before the next one comes
+                wait_for(lambda: run.dispatched[str(target)] > events, what="the chunk's event")  # noqa: B023
+                time.sleep(0.1)  # stimulus, not a wait: the copy is slow
         last_chunk_at = time.time()
         wait_for(lambda: done_count(settings.db_path()) == 1, what="the slow photo's caption")
         submitted, writes, inferred = dict(run.submitted), dict(run.spy.writes), run.inferred["photos"]
@@ -329,7 +364,7 @@ def test_moves_renames_and_deletes_keep_or_drop_rows(watch_settings: Settings, s
             return now == expected
 
         wait_for(settled, what=f"rows {expected}")
-        time.sleep(SETTLE * 3)
+        run.own_writes_settled(lib)
         assert run.inferred["photos"] == 5  # no new inference
         assert set(run.spy.writes.values()) == {1} and len(run.spy.writes) == 5  # no new writes
     assert settled()
@@ -474,7 +509,16 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
         fourth = start_daemon(config, lib, log)
         procs.append(fourth)
         wait_for(lambda: done_count(db) == len(everything), timeout=90, what=f"{len(everything)} captions")
-        time.sleep(SETTLE * 3)
+        # before stopping it, let any event from its own writes come back (a rewrite would then show):
+        # the spy's sentinel comes after those events; a state the daemon wrote after that shows an
+        # empty queue
+        sentinel = lib / ".sentinel"
+        sentinel.write_bytes(b"")
+        wait_for(lambda: str(sentinel) in spy.seen, what="the sentinel's event")
+        sentinel.unlink()
+        seen_at = time.time()
+        wait_for(lambda: daemon_status(db).get("updated_at", 0) > seen_at and daemon_status(db)["queue"] == 0,
+                 what="an idle daemon")
         fourth.send_signal(signal.SIGTERM)
         assert fourth.wait(30) == 0
     finally:
