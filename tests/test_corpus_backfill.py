@@ -51,6 +51,7 @@ def decoded(path: Path) -> object:
         return type(exc).__name__
 
 
+@pytest.mark.timeout(900)  # several processes and runs: minutes on a loaded machine
 def test_corpus_backfill_then_restore(tmp_path: Path, tiny_model: Path) -> None:
     lib = tmp_path / "corpus"
     shutil.copytree(CORPUS, lib, ignore=shutil.ignore_patterns("README.md"))

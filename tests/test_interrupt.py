@@ -102,12 +102,13 @@ def check_library(lib: Path, db: Path, *, killed: bool = False) -> dict[str, str
     return done
 
 
+@pytest.mark.timeout(900)  # several processes and runs: minutes on a loaded machine
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(setup: tuple[Path, Path, Path]) -> None:
     lib, db, config = setup
     proc = start_backfill(config, lib)
     wait_for_done(db, proc, at_least=3)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "stopping" in err
     with sqlite3.connect(db) as conn:  # exiftool did not die with it: no write in flight failed
@@ -117,7 +118,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(setup: tuple[Path, Path, Path
     mtimes = {p: Path(p).stat().st_mtime_ns for p in before}
 
     rerun = start_backfill(config, lib)
-    _, err = rerun.communicate(timeout=120)
+    _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     after = check_library(lib, db)
     assert len(after) == 27
@@ -126,6 +127,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(setup: tuple[Path, Path, Path
     assert {p: Path(p).stat().st_mtime_ns for p in before} == mtimes
 
 
+@pytest.mark.timeout(900)  # several processes and runs: minutes on a loaded machine
 def test_kill_9_mid_run_then_resume(setup: tuple[Path, Path, Path]) -> None:
     lib, db, config = setup
     proc = start_backfill(config, lib)
@@ -136,7 +138,7 @@ def test_kill_9_mid_run_then_resume(setup: tuple[Path, Path, Path]) -> None:
     mtimes = {p: Path(p).stat().st_mtime_ns for p in before}
 
     rerun = start_backfill(config, lib)
-    _, err = rerun.communicate(timeout=120)
+    _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     after = check_library(lib, db, killed=True)
     assert len(after) == 27
