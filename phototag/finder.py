@@ -230,9 +230,12 @@ class Finder:
             live = {r[0] for r in self.conn.execute(
                 "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
                 f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}", [seqs, *args])}
-            if not query.has_filters:  # without filters, a row that fails the check is stale
+            if not query.has_filters:  # without filters, a vector no longer in the index is stale
                 checked += len(window)
-                stale += len(window) - len(live)
+                # (a missing or pending photo's vector is not: rebuilding the copy would bring it back)
+                stale += len(window) - self.conn.execute(
+                    "SELECT count(*) FROM photo_embeddings WHERE seq IN (SELECT value FROM json_each(?))",
+                    [seqs]).fetchone()[0]
             ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
             if len(ranking) >= want:
                 break

@@ -26,7 +26,6 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
-    delete,
     event,
     func,
     select,
@@ -43,12 +42,12 @@ from phototag.finder import Finder, SearchHit, connect
 
 # Status names and caption sources live in phototag.schema (plain sqlite3 readers need them too);
 # they are re-exported here, where the rest of phototag imports them from.
-from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, PENDING
+from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, MISSING, PENDING
 from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
 from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
 from phototag.search import Query, parse_query
 
-SCHEMA_VERSION = 2  # 2: photos.taken_at, photo_embeddings
+SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since
 
 
 class Base(DeclarativeBase):
@@ -78,6 +77,8 @@ class Photo(Base):
     # When the photo was taken, local wall-clock time "YYYY-MM-DDTHH:MM:SS" (EXIF DateTimeOriginal,
     # else the file's mtime before phototag wrote to it); ISO text sorts and compares as dates.
     taken_at: Mapped[str | None] = mapped_column(String, nullable=True)
+    # When a sweep found the photo gone (status ``missing``); None otherwise.
+    missing_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         SqlIndex("ix_photos_status", "status"),
@@ -106,6 +107,7 @@ class Photo(Base):
             "captioned_at": self.captioned_at,
             "updated_at": self.updated_at,
             "taken_at": self.taken_at,
+            "missing_since": self.missing_since,
         }
 
 
@@ -163,6 +165,8 @@ def _migrate(conn: Any) -> None:
     if columns and "taken_at" not in columns:
         conn.execute(text("ALTER TABLE photos ADD COLUMN taken_at VARCHAR"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_photos_taken_at ON photos (taken_at)"))
+    if columns and "missing_since" not in columns:
+        conn.execute(text("ALTER TABLE photos ADD COLUMN missing_since FLOAT"))
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -253,7 +257,7 @@ class PhotoIndex:
     def counts(self) -> dict[str, int]:
         with self.session() as session:
             rows = session.execute(select(Photo.status, func.count()).group_by(Photo.status)).all()
-        counts = {PENDING: 0, DONE: 0, FAILED: 0}
+        counts = {PENDING: 0, DONE: 0, FAILED: 0, MISSING: 0}
         counts.update({status: n for status, n in rows})
         return counts
 
@@ -294,46 +298,6 @@ def photos_under(session: Session, folders: Sequence[Path]) -> Iterator[Photo]:
     """Rows whose path lies under any of ``folders``."""
     for folder in folders:
         yield from session.scalars(select(Photo).where(_under(folder)))
-
-
-def remove_missing(index: PhotoIndex, folders: Sequence[Path]) -> list[str]:
-    """Sweep: delete rows under ``folders`` whose file is gone. Returns the removed paths.
-
-    Streams ids and paths instead of loading every row as an object, so the sweep at the end of a
-    backfill takes the same memory for a million photos as for a thousand.
-    """
-    missing: list[tuple[int, str]] = []
-    with index.session() as session:
-        for folder in folders:
-            query = select(Photo.id, Photo.path).where(_under(folder)).execution_options(yield_per=2000)
-            missing.extend((row_id, path) for row_id, path in session.execute(query) if not os.path.exists(path))
-    removed: list[str] = []
-    with index.transaction() as session:
-        for row_id, path in missing:
-            if os.path.exists(path):  # back meanwhile
-                continue
-            # id and path: a row moved meanwhile (its path updated by another thread) is not touched
-            if session.execute(delete(Photo).where(Photo.id == row_id, Photo.path == path)).rowcount:
-                removed.append(path)
-    return removed
-
-
-def remove_missing_paths(index: PhotoIndex, paths: Sequence[Path]) -> list[str]:
-    """Delete the rows of ``paths`` (a file's row, or every row under a folder) whose file is gone.
-
-    The watch daemon's answer to delete events: unlike :func:`remove_missing` it touches only the rows
-    an event named, not every row under a watched folder. Returns the removed paths.
-    """
-    removed: list[str] = []
-    with index.transaction() as session:
-        for path in paths:
-            rows = [session.scalar(select(Photo).where(Photo.path == str(path)))]
-            rows += list(photos_under(session, [path]))
-            for row in rows:
-                if row is not None and not os.path.lexists(row.path):
-                    removed.append(row.path)
-                    session.delete(row)
-    return removed
 
 
 # -- restore: the rows a restore walks, and forgetting them -------------------------------------------

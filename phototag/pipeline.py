@@ -36,6 +36,7 @@ from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
     DONE,
     FAILED,
+    MISSING,
     PENDING,
     SOURCE_HUMAN,
     SOURCE_MODEL,
@@ -53,6 +54,7 @@ CAPTIONED = "captioned"
 HUMAN = "human"
 SKIPPED = "skipped"
 MOVED = "moved"
+RETURNED = "returned"  # a photo marked missing is back where it was, still carrying its caption
 FAILED_OUTCOME = "failed"
 WOULD_WRITE = "would-write"
 SYMLINK = "symlink"  # a link to a file: never captioned through the link (see Pipeline.plan)
@@ -312,10 +314,17 @@ class Pipeline:
             self._report(Outcome(path, FAILED_OUTCOME, reason=f"cannot read file: {exc.strerror or exc}"))
             return None
         if row is None and (moved := self._moved_from(digest)) is not None:
-            if not self.dry_run:
-                self._update(moved.id, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-            self._report(Outcome(path, MOVED, caption=moved.caption, reason=f"moved from {moved.path}"))
-            return None
+            if moved.status == MISSING:
+                row = moved  # moved while it was missing: the row follows the photo, as below
+            else:
+                if not self.dry_run:
+                    self._update(moved.id, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                self._report(Outcome(path, MOVED, caption=moved.caption, reason=f"moved from {moved.path}"))
+                return None
+        if row is not None and row.status == MISSING:
+            row = self._returned(row, path, stat, digest)
+            if row is None:
+                return None
         if row is not None and row.status == FAILED and row.content_hash == digest and not self.retry_failed:
             self._refresh(row, stat, digest)
             self._report(Outcome(path, SKIPPED, caption=row.caption))
@@ -363,6 +372,33 @@ class Pipeline:
             and (not existing.description or self.overwrite)
         )
 
+    def _returned(self, row: Photo, path: Path, stat: os.stat_result, digest: str) -> Photo | None:
+        """A photo marked missing is on disk again, at ``path`` (its own, or where it was moved while
+        missing). Its row comes back with caption, source and original metadata untouched. If the photo
+        still carries the row's caption, the row is done again without inference (None: reported);
+        else the row is planned as usual, as failed (it had failed) or pending, so a caption phototag
+        wrote is never taken for a person's and the original metadata is never replaced."""
+        try:
+            description = self.exiftool.read(path).description
+        except MetadataError:
+            description = None  # the usual planning reads it again and records why it failed
+        ours = row.caption is not None and description == row.caption
+        status = DONE if ours else (FAILED if row.failure_reason else PENDING)
+        values = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                  "content_hash": digest, "status": status, "missing_since": None}
+        previous = row.path
+        if not self.dry_run:
+            self._update(row.id, **values)
+        if ours:
+            if previous == str(path):
+                self._report(Outcome(path, RETURNED, caption=row.caption, reason="back on disk"))
+            else:
+                self._report(Outcome(path, MOVED, caption=row.caption, reason=f"moved from {previous}"))
+            return None
+        for key, value in values.items():
+            setattr(row, key, value)
+        return row
+
     @staticmethod
     def _unchanged(row: Photo, stat: os.stat_result) -> bool:
         return row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns
@@ -370,7 +406,7 @@ class Pipeline:
     def _moved_from(self, digest: str) -> Photo | None:
         with self.index.session() as session:
             candidates = session.scalars(
-                select(Photo).where(Photo.content_hash == digest, Photo.status == DONE)
+                select(Photo).where(Photo.content_hash == digest, Photo.status.in_((DONE, MISSING)))
             ).all()
         for candidate in candidates:
             if not os.path.exists(candidate.path):

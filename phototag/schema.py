@@ -10,7 +10,10 @@ from __future__ import annotations
 PENDING = "pending"  # queued or in flight; resumed after a crash
 DONE = "done"  # caption written to the photo (or its sidecar) and indexed
 FAILED = "failed"  # this photo's own trouble; failure_reason says which
-STATUSES = (PENDING, DONE, FAILED)
+# no longer on disk (deleted, moved away, its share unmounted): the row keeps caption, source and original
+# metadata (undo data) for when the photo is back, until `phototag prune` forgets it (phototag.sweep)
+MISSING = "missing"
+STATUSES = (PENDING, DONE, FAILED, MISSING)
 
 # photos.caption_source
 SOURCE_MODEL = "model"

@@ -30,10 +30,11 @@ from phototag.captioner import Captioner
 from phototag.config import Settings
 from phototag.daemon import DaemonLock, write_state
 from phototag.formats import is_image_path
-from phototag.index import PhotoIndex, remove_missing, remove_missing_paths
+from phototag.index import PhotoIndex
 from phototag.metadata import TEMP_MARKER, ExifToolSession
-from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SYMLINK, Outcome, Pipeline
+from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, RETURNED, SYMLINK, Outcome, Pipeline
 from phototag.scan import walk_photos
+from phototag.sweep import sweep, sweepable
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +313,12 @@ class WatchDaemon:
 
     def _forget(self, paths: list[str]) -> None:
         try:
-            removed = remove_missing_paths(self.index, [Path(p) for p in paths])
+            swept = sweep(self.index, self.roots, [Path(p) for p in paths], exists=os.path.lexists)
         except Exception as exc:  # the index is busy or broken: say so, keep watching
-            self._error(f"removing deleted photos from the index failed: {exc}")
+            self._error(f"marking deleted photos missing in the index failed: {exc}")
             return
-        for path in removed:
-            log.info("removed %s (deleted)", path)
+        for path in swept.missing:
+            log.info("%s is missing (deleted or moved away; its row is kept)", path)
 
     # -- scanner ---------------------------------------------------------------------------------
 
@@ -360,17 +361,14 @@ class WatchDaemon:
                 return
         if not self._wait_quiet():
             return
-        removed = remove_missing(self.index, roots)
-        for path in removed:
-            log.info("removed %s (no longer on disk)", path)
+        swept = sweep(self.index, roots)
+        for path in swept.missing:
+            log.info("%s is missing (no longer on disk; its row is kept)", path)
         log.debug("%s scan of %d folders done", label, len(roots))
 
     def _usable(self, root: Path) -> bool:
-        """A missing or empty root is likely an unmounted share: never sweep its rows away."""
-        try:
-            empty = not any(os.scandir(root))
-        except OSError:
-            empty = True
+        """A missing or empty root is likely an unmounted share: not walked (the sweep skips it too)."""
+        empty = not sweepable(root)
         if empty:
             log.info("%s is missing or empty (an unmounted share?): not scanned, no rows swept", root)
         return not empty
@@ -391,6 +389,8 @@ class WatchDaemon:
             log.info("captioned %s: %s", outcome.path, outcome.caption)
         elif outcome.kind == HUMAN:
             log.info("kept the description of %s: %s", outcome.path, outcome.caption)
+        elif outcome.kind == RETURNED:
+            log.info("%s is back, caption kept", outcome.path)
         elif outcome.kind == MOVED:
             log.info("%s: %s, caption kept", outcome.path, outcome.reason)
         elif outcome.kind == FAILED_OUTCOME:

@@ -131,7 +131,7 @@ def test_backfill_captions_writes_metadata_and_search_finds(library: Path, confi
 
     status = run(config, "status", "--json")
     counts = json.loads(status.output)["counts"]
-    assert counts == {"done": len(photos) - 3, "pending": 0, "failed": 3}
+    assert counts == {"done": len(photos) - 3, "pending": 0, "failed": 3, "missing": 0}
 
 
 def _all_rows(index: PhotoIndex) -> list:
@@ -186,7 +186,7 @@ def test_orientation_is_applied_before_captioning(corpus: Path) -> None:
         assert turned.size == upright.size
 
 
-def test_backfill_sweeps_rows_of_deleted_photos_only_under_its_folders(config: Path, tmp_path: Path) -> None:
+def test_backfill_marks_deleted_photos_missing_only_under_its_folders(config: Path, tmp_path: Path) -> None:
     lib, sibling = tmp_path / "lib", tmp_path / "lib_2"  # a sibling folder sharing the prefix "lib"
     kept, gone = copy_from_corpus(["jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg"], lib)
     (elsewhere,) = copy_from_corpus(["jpg/gps/DSCN0021.jpg"], sibling)
@@ -194,8 +194,9 @@ def test_backfill_sweeps_rows_of_deleted_photos_only_under_its_folders(config: P
     gone.unlink()
     elsewhere.unlink()
     result = run(config, "backfill", str(lib), "--no-progress")
-    assert result.exit_code == 0 and "removed 1 photos" in result.output
+    assert result.exit_code == 0 and "marked 1 photos no longer on disk as missing" in result.output
     index = PhotoIndex(tmp_path / "index.sqlite3")
-    assert sorted(r.path for r in _all_rows(index)) == sorted([str(kept), str(elsewhere)])
-    with sqlite3.connect(tmp_path / "index.sqlite3") as connection:  # the FTS index followed the delete
+    statuses = {r.path: r.status for r in _all_rows(index)}
+    assert statuses == {str(kept): "done", str(gone): "missing", str(elsewhere): "done"}
+    with sqlite3.connect(tmp_path / "index.sqlite3") as connection:  # the FTS index is intact
         connection.execute("INSERT INTO photos_fts(photos_fts, rank) VALUES ('integrity-check', 1)")

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
-from phototag.index import DONE, Photo, PhotoIndex, content_hash, remove_missing
+from phototag.index import DONE, MISSING, Photo, PhotoIndex, content_hash
+from phototag.sweep import sweep
 
 
 def add(index: PhotoIndex, path: str, caption: str, status: str = DONE) -> None:
@@ -46,7 +47,7 @@ def test_all_words_rank_before_some_words(tmp_path: Path) -> None:
     assert [h.path for h in index.search("dog on beach", limit=1)] == ["/p/2.jpg"]
 
 
-def test_remove_missing_only_under_the_folder(tmp_path: Path) -> None:
+def test_sweep_marks_missing_only_under_the_folder(tmp_path: Path) -> None:
     index = PhotoIndex(tmp_path / "i.db")
     kept = tmp_path / "lib" / "kept.jpg"
     kept.parent.mkdir()
@@ -55,8 +56,11 @@ def test_remove_missing_only_under_the_folder(tmp_path: Path) -> None:
     add(index, str(tmp_path / "lib" / "gone.jpg"), "x")
     add(index, str(tmp_path / "lib_other" / "gone.jpg"), "x")  # a sibling folder sharing the prefix
     add(index, str(tmp_path / "l_b" / "gone.jpg"), "x")  # LIKE wildcards in the prefix are escaped
-    assert remove_missing(index, [tmp_path / "lib"]) == [str(tmp_path / "lib" / "gone.jpg")]
-    assert len(index.counts()) and sum(index.counts().values()) == 3
+    assert sweep(index, [tmp_path / "lib"]).missing == [str(tmp_path / "lib" / "gone.jpg")]
+    assert index.counts() == {"pending": 0, "done": 3, "failed": 0, MISSING: 1}
+    gone = index.get(tmp_path / "lib" / "gone.jpg")
+    assert gone is not None and gone.caption == "x" and gone.missing_since is not None  # kept, not deleted
+    assert sweep(index, [tmp_path / "lib"]).missing == []  # already missing: not marked again
 
 
 def test_content_hash_sees_head_and_tail(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ pass_app = click.make_pass_decorator(AppContext)
 # ``phototag search`` never imports the captioning pipeline, SQLAlchemy or torch.
 COMMANDS = {
     "backfill": "phototag.cli.backfill",
+    "prune": "phototag.cli.prune",
     "reindex": "phototag.cli.reindex",
     "restore": "phototag.cli.restore",
     "search": "phototag.cli.search",

@@ -16,10 +16,11 @@ import click
 from phototag.cli import AppContext, pass_app
 from phototag.cli.options import apply_model_options, model_options
 from phototag.cli.progress import Progress
-from phototag.index import PhotoIndex, remove_missing
+from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
 from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 from phototag.scan import count_photos, walk_photos
+from phototag.sweep import sweep
 
 
 @click.command("backfill")
@@ -87,9 +88,13 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         completed = _feed(pipeline, roots)
         progress.finish()
         if completed and not dry_run:
-            removed = remove_missing(index, roots)
-            if removed:
-                click.echo(f"removed {len(removed)} photos no longer on disk from the index", err=True)
+            swept = sweep(index, roots)
+            for root in swept.skipped_roots:
+                click.echo(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
+                           "its photos in the index are left as they are", err=True)
+            if swept.missing:
+                click.echo(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
+                           "undo data are kept; 'phototag prune' forgets them)", err=True)
     if pipeline.error is not None:
         raise click.ClickException(str(pipeline.error))
     click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)

@@ -7,7 +7,17 @@ import threading
 import time
 from collections import Counter
 
-from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, SKIPPED, SYMLINK, WOULD_WRITE, Outcome
+from phototag.pipeline import (
+    CAPTIONED,
+    FAILED_OUTCOME,
+    HUMAN,
+    MOVED,
+    RETURNED,
+    SKIPPED,
+    SYMLINK,
+    WOULD_WRITE,
+    Outcome,
+)
 
 
 def _duration(seconds: float) -> str:
@@ -98,6 +108,8 @@ class Progress:
             f"moved {c[MOVED]}",
             f"failed {c[FAILED_OUTCOME]}",
         ]
+        if c[RETURNED]:
+            parts.insert(4, f"back from missing {c[RETURNED]}")
         if c[SYMLINK]:
             parts.append(f"symbolic links skipped {c[SYMLINK]}")
         if c[WOULD_WRITE]:

@@ -13,6 +13,7 @@ from phototag.cli.progress import Progress
 from phototag.index import SOURCE_MODEL, Photo, PhotoIndex, count_rows, forget, iter_rows
 from phototag.metadata import ExifToolSession, MetadataError
 from phototag.pipeline import FAILED_OUTCOME, Outcome
+from phototag.sweep import mark_missing
 
 RESTORED = "restored"
 UNCHANGED = "unchanged"
@@ -35,7 +36,8 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     added to it since, only phototag's values are removed from it); a sidecar that existed before
     gets its own values back. Each restored photo is then dropped from the index, so search no longer
     finds it and a later backfill treats it as new (and captions it again). A photo that fails keeps
-    its row, so running restore again finishes the job; the exit status is then 1.
+    its row, so running restore again finishes the job; the exit status is then 1. A photo that is not
+    on disk (an unmounted share?) keeps its row and undo data, marked missing, for a later restore.
 
     Stop `phototag watch` first: it would caption the restored photos again.
 
@@ -83,7 +85,7 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     counts = progress.counts
     click.echo(
         f"restored {counts[RESTORED]}, unchanged {counts[UNCHANGED]}, removed sidecars {sidecars_removed}, "
-        f"no longer on disk {counts[GONE]}, failed {counts[FAILED_OUTCOME]}",
+        f"not on disk (kept as missing) {counts[GONE]}, failed {counts[FAILED_OUTCOME]}",
         err=True,
     )
     if counts[FAILED_OUTCOME]:
@@ -95,7 +97,8 @@ def restore_row(exiftool: ExifToolSession, index: PhotoIndex, row: Photo) -> tup
     sidecar phototag created was removed. A failure keeps the row (and says why)."""
     path = Path(row.path)
     if not os.path.lexists(path):
-        forget(index, row.id)
+        # an unmounted share looks like this: keep the undo data (marked missing) for when it is back
+        mark_missing(index, row.id)
         return Outcome(path, GONE), False
     original = row.original()
     if not original or row.caption_source != SOURCE_MODEL:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import click
 
 from phototag.cli import AppContext, pass_app
-from phototag.index import PhotoIndex
+from phototag.index import MISSING, PhotoIndex
 
 
 @click.command("show")
@@ -33,6 +34,10 @@ def command(app: AppContext, path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    if row.status == MISSING:
+        since = data.pop("missing_since")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
+        data["status"] = f"missing (not on disk since {when}; 'phototag prune' forgets it)"
     for key, value in data.items():
         if value in (None, "", [], {}):
             continue

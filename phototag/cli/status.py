@@ -10,7 +10,7 @@ import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.daemon import daemon_status
-from phototag.index import DONE, FAILED, PENDING, PhotoIndex
+from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
 
 
 @click.command("status")
@@ -19,8 +19,12 @@ from phototag.index import DONE, FAILED, PENDING, PhotoIndex
               help="How many failed photos to list (0: all).")
 @pass_app
 def command(app: AppContext, as_json: bool, failures: int) -> None:
-    """Counts by status (done, pending, failed), the failed photos with their reasons, and whether a
-    `phototag watch` daemon is running on this index (its queue and last error).
+    """Counts by status (done, pending, failed, missing), the failed photos with their reasons, and
+    whether a `phototag watch` daemon is running on this index (its queue and last error).
+
+    Missing photos are no longer on disk (deleted, moved away, or on a share that is not mounted):
+    their rows keep caption and undo data and come back when the photo does; `phototag prune`
+    forgets them.
 
     \b
     Examples:
@@ -49,7 +53,10 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
         return
     click.echo(f"index: {db}")
     click.echo(f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
-               f"failed: {counts[FAILED]}")
+               f"failed: {counts[FAILED]}  missing: {counts[MISSING]}")
+    if counts[MISSING]:
+        click.echo(f"missing: {counts[MISSING]} photos are no longer on disk; their rows (and undo data) are "
+                   "kept until they come back or 'phototag prune' forgets them")
     click.echo(_daemon_line(daemon_status(db)))
     if failed:
         click.echo("failed:")
