@@ -3,7 +3,8 @@
 The index is also the persistent work queue: a photo is ``pending`` until its metadata write has
 succeeded, then ``done`` (or ``failed`` with a one-line reason). A ``pending`` row that already
 carries a caption is a write that was planned but may not have happened; the pipeline checks the file
-before trusting it.
+before trusting it. A photo no longer on disk is ``missing`` (see :mod:`phototag.sweep`): its row
+keeps everything, for when the photo comes back.
 """
 
 from __future__ import annotations

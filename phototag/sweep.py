@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from phototag.index import MISSING, SOURCE_MODEL, Photo, PhotoIndex, _path_filter, _under
@@ -100,8 +101,8 @@ def sweep(
                 update(Photo)
                 .where(Photo.id == row_id, Photo.path == path, Photo.status != MISSING)
                 .values(status=MISSING, missing_since=now)
-            ).rowcount
-            if marked:
+            )
+            if cast(CursorResult, marked).rowcount:
                 result.missing.append(path)
     return result
 

@@ -362,8 +362,8 @@ class WatchDaemon:
         if not self._wait_quiet():
             return
         swept = sweep(self.index, roots)
-        for path in swept.missing:
-            log.info("%s is missing (no longer on disk; its row is kept)", path)
+        for gone in swept.missing:
+            log.info("%s is missing (no longer on disk; its row is kept)", gone)
         log.debug("%s scan of %d folders done", label, len(roots))
 
     def _usable(self, root: Path) -> bool:

@@ -159,6 +159,26 @@ def test_a_photo_moved_while_missing_takes_its_row_along(config: Path, tmp_path:
     assert exif_description(target) == exif_description(away / "original.jpg")
 
 
+def test_a_photo_back_with_a_new_description_keeps_its_undo_data(config: Path, tmp_path: Path) -> None:
+    lib, away = tmp_path / "lib", tmp_path / "away"
+    (photo, _other) = copy_from_corpus([OLYMPUS, OTHERS[0]], lib)
+    away.mkdir()
+    backfill(config, lib)
+    first = row_of(tmp_path, photo)
+    photo.rename(away / photo.name)
+    backfill(config, lib)
+    # while it was away somebody described it: that description is theirs, the undo data stays phototag's
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-EXIF:ImageDescription=our cat asleep",
+                    "-XMP-dc:Description=our cat asleep", str(away / photo.name)], check=True)
+    (away / photo.name).rename(photo)
+    output = backfill(config, lib)
+    assert "kept human captions 1" in output and "captioned 0" in output, output
+    back = row_of(tmp_path, photo)
+    assert (back["id"], back["status"], back["caption"], back["caption_source"]) == (
+        first["id"], "done", "our cat asleep", "human")
+    assert back["original_metadata"] == first["original_metadata"]
+
+
 def test_an_empty_or_missing_root_is_never_swept(config: Path, tmp_path: Path) -> None:
     share, away = tmp_path / "share", tmp_path / "away"
     photos = copy_from_corpus([OLYMPUS, *OTHERS], share / "2019")
