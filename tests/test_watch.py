@@ -375,7 +375,7 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
                                                             tmp_path: Path) -> None:
     """The state a crash leaves: one photo's caption committed but not yet written to the file, one
     photo deleted while the daemon was down. The restart writes the planned caption without running the
-    model (which it does not even load), and drops the deleted photo's row."""
+    model (which it does not even load), and marks the deleted photo's row missing."""
     lib = tmp_path / "lib"
     lib.mkdir()
     db = watch_settings.db_path()
@@ -397,7 +397,8 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
     assert {r.status for r in rows(db).values()} == {"pending"}
 
     with running_daemon(watch_settings, lib) as run:
-        wait_for(lambda: str(vanished) not in rows(db) and done_count(db) == 1, what="resume and sweep")
+        wait_for(lambda: rows(db)[str(vanished)].status == "missing" and done_count(db) == 1,
+                 what="resume and sweep")
         assert run.daemon.pipeline.captioner is None and run.inferred["photos"] == 0
         assert dict(run.spy.writes) == {str(planned): 1}
         shutil.copyfile(staged[2], lib / "new.jpg")  # a new photo loads the model
