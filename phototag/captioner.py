@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phototag.config import ModelSettings, default_batch_size
+from phototag.hub import looks_local, missing_model_reason, quiet_hub_logging
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,54 @@ class ModelLoadError(Exception):
 
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+HUB_HINT = (
+    "Connect once so it can be downloaded (~1.9 GB, kept in ~/.cache/huggingface), or copy the model folder "
+    "over and pass --model /path/to/folder; HF_HUB_OFFLINE=1 skips the network for good"
+)
+
+
+def _torch_has_cuda() -> bool | None:
+    """Whether the installed torch is a CUDA build, read from its version file without importing it
+    (seconds); None when that cannot be told."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^cuda[^=]*=\s*(.+)$", text, re.MULTILINE)
+    return None if match is None else match.group(1).strip() != "None"
+
+
+def check_settings(settings: ModelSettings) -> None:
+    """Refuse, before seconds of torch imports, what cannot work: a model folder that does not exist,
+    CUDA without an NVIDIA driver or with a CPU-only torch, MPS off macOS. Raises ModelLoadError."""
+    name = settings.name
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"model folder {name!r} does not exist; check [model] name or --model")
+    device = settings.device
+    if device.startswith("cuda"):
+        if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")) and sys.platform == "linux":
+            raise ModelLoadError(f"device {device!r} requested but this machine has no NVIDIA driver; use --device cpu")
+        if _torch_has_cuda() is False:
+            raise ModelLoadError(f"device {device!r} requested but the installed torch is a CPU-only build; "
+                                 "use --device cpu, or install torch with CUDA")
+    if device == "mps" and sys.platform != "darwin":
+        raise ModelLoadError("device 'mps' requested but MPS exists only on macOS; use --device cpu")
+
+
+def check_available(settings: ModelSettings) -> None:
+    """``check_settings``, then: a hub model that is not cached needs the hub; say so at once when it
+    cannot be reached (huggingface_hub alone retries for a minute)."""
+    check_settings(settings)
+    reason = missing_model_reason(settings.name)
+    if reason is not None:
+        raise ModelLoadError(f"cannot load model {settings.name!r}: {reason}.\n{HUB_HINT}")
 
 
 def pick_device(requested: str) -> str:
@@ -88,6 +138,8 @@ class Captioner:
     """Holds a BLIP model. ``preprocess`` is thread-safe; ``caption`` runs on one thread at a time."""
 
     def __init__(self, settings: ModelSettings) -> None:
+        check_available(settings)  # before the imports: a missing model fails in seconds, not minutes
+        quiet_hub_logging()
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
         from transformers.models.blip import BlipImageProcessorPil
@@ -104,9 +156,6 @@ class Captioner:
         name = settings.name
         local = Path(name).expanduser()
         source = str(local) if local.exists() else name
-        looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
-        if looks_local and not local.exists():
-            raise ModelLoadError(f"model folder {name!r} does not exist; check [model] name or --model")
         try:
             image_processor = _from_pretrained(BlipImageProcessorPil, source)
             self.processor = _from_pretrained(BlipProcessor, source, image_processor=image_processor)
@@ -185,7 +234,5 @@ def _load_hint(name: str, exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if Path(name).expanduser().exists():
         return f"cannot load model from folder {name!r}: {first}"
-    return (
-        f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}). "
-        "Connect once so it can be fetched (~1.9 GB), or pass --model /path/to/a/local/copy"
-    )
+    return (f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}).\n"
+            f"{HUB_HINT}")

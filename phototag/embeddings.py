@@ -53,9 +53,15 @@ class Embedder:
 
     def __init__(self, name: str, device: str | None = None) -> None:
         self.name = model_id(name)
-        looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1  # hub ids are "org/name"
-        if looks_local and not os.path.isdir(self.name):
+        from phototag.hub import looks_local, missing_model_reason, quiet_hub_logging
+
+        if looks_local(name) and not os.path.isdir(self.name):
             raise EmbeddingError(f"embedding model folder {self.name} does not exist")
+        # not cached and no hub: say so now, instead of a minute of download retries
+        reason = missing_model_reason(name)
+        if reason is not None:
+            raise EmbeddingError(f"cannot load embedding model {self.name!r}: {reason}")
+        quiet_hub_logging()
         try:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging

@@ -201,12 +201,33 @@ def content_hash(path: Path, head: int = 1 << 20, tail: int = 1 << 16) -> str:
     return digest.hexdigest()
 
 
+def create_private(path: Path) -> None:
+    """Create the index file owner-only (0600), in a folder created owner-only (0700), if missing.
+
+    The index holds the captions and paths of private photos. SQLite gives the -wal and -shm files
+    the database file's permissions, so they are owner-only too. An existing file or folder keeps
+    the permissions its owner chose.
+    """
+    if not path.parent.exists():
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(mode=0o700)
+            os.chmod(path.parent, 0o700)  # mkdir's mode is reduced by the umask, never widened: be exact
+        except FileExistsError:  # another process made it meanwhile
+            pass
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    os.chmod(path, 0o600)
+
+
 class PhotoIndex:
     """Owns the engine; hands out short sessions. Safe to share across threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)
         self.engine: Engine = create_engine(f"sqlite:///{self.path}", future=True)
         event.listen(self.engine, "connect", _set_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

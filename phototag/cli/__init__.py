@@ -15,7 +15,8 @@ from phototag.config import ConfigError, Settings, load_settings, override
 class AppContext:
     """What every command needs: settings (file + global flags), resolved lazily."""
 
-    def __init__(self, config: Path | None, db: Path | None) -> None:
+    def __init__(self, config: Path | None, db: Path | None, quiet: bool = False) -> None:
+        self.quiet = quiet  # -q: errors only (no progress line, no summary)
         self._config = config
         self._db = db
         self._settings: Settings | None = None
@@ -85,4 +86,4 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    ctx.obj = AppContext(config, db)
+    ctx.obj = AppContext(config, db, quiet)

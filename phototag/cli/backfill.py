@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from phototag import last_run
 from phototag.cli import AppContext, pass_app
 from phototag.cli.options import apply_model_options, model_options
 from phototag.cli.progress import Progress
@@ -57,7 +58,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
     if not roots:
         raise click.ClickException("none of the given paths exist")
 
-    progress = Progress(enabled=not no_progress)
+    progress = Progress(enabled=not no_progress, quiet=app.quiet)
     outcome_sink = progress
     if dry_run:
         def outcome_sink(outcome: Outcome) -> None:
@@ -86,7 +87,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
                             on_outcome=outcome_sink).start()
         threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
         completed = _feed(pipeline, roots)
-        progress.finish()
+        progress.finish(draw=pipeline.error is None)
         if completed and not dry_run:
             swept = sweep(index, roots)
             for root in swept.skipped_roots:
@@ -96,8 +97,13 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
                 click.echo(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
                            "undo data are kept; 'phototag prune' forgets them)", err=True)
     if pipeline.error is not None:
+        if not dry_run:  # so `phototag status` can say why photos are still pending
+            last_run.record_error(db, "backfill", str(pipeline.error))
         raise click.ClickException(str(pipeline.error))
-    click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)
+    if completed and not dry_run:
+        last_run.clear(db)
+    if not app.quiet:
+        click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)
     if not completed:
         sys.exit(130)
 

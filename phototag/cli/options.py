@@ -27,6 +27,10 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
+    """Apply the flags, then refuse at once (before seconds of torch imports) a model folder that does
+    not exist or a device this machine lacks."""
+    from phototag.captioner import ModelLoadError, check_settings
+
     app.with_overrides(
         "model",
         name=values.pop("model", None),
@@ -35,4 +39,9 @@ def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
         device=values.pop("device", None),
         dtype=values.pop("dtype", None),
     )
-    return app.with_overrides("metadata", overwrite=values.pop("overwrite", None))
+    settings = app.with_overrides("metadata", overwrite=values.pop("overwrite", None))
+    try:
+        check_settings(settings.model)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings

@@ -36,13 +36,16 @@ class Progress:
         *,
         rate_of: tuple[str, ...] = (CAPTIONED, WOULD_WRITE),
         rate_unit: str = "captions/s",
+        quiet: bool = False,
     ) -> None:
+        """``quiet`` (-q): no progress line, but failed photos are still reported (they are errors)."""
         self.rate_of = rate_of
         self.rate_unit = rate_unit
         self.counts: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []
         self.total: int | None = None
-        self.enabled = enabled
+        self.enabled = enabled and not quiet
+        self.report_failures = enabled or quiet
         self._tty = sys.stderr.isatty()
         self._interval = 0.2 if self._tty else interval
         self._lock = threading.Lock()
@@ -58,7 +61,7 @@ class Progress:
             self.counts[outcome.kind] += 1
             if outcome.kind == FAILED_OUTCOME:
                 self.failures.append((str(outcome.path), outcome.reason or "failed"))
-                if self.enabled:
+                if self.report_failures:
                     self._clear()
                     print(f"failed: {outcome.path}: {outcome.reason}", file=sys.stderr)
             elif outcome.kind == SYMLINK and self.enabled:
@@ -93,10 +96,12 @@ class Progress:
             text += f"  ETA {_duration(max(0, self.total - done) / rate)}"
         return text
 
-    def finish(self) -> None:
+    def finish(self, draw: bool = True) -> None:
+        """End the live line; ``draw=False`` when the run failed and its error says it all."""
         if self.enabled:
-            self._draw(force=True)
-            if self._tty:
+            if draw:
+                self._draw(force=True)
+            if self._tty and self._last_draw:
                 sys.stderr.write("\n")
 
     def summary(self) -> str:

@@ -70,9 +70,9 @@ def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -
     index = PhotoIndex(db)
     try:
         if dates:
-            _dates(index, settings.metadata.exiftool or None, not no_progress)
+            _dates(index, settings.metadata.exiftool or None, not no_progress and not app.quiet)
         if embeddings:
-            _embeddings(index, settings.embedding_model(), not no_progress)
+            _embeddings(index, settings.embedding_model(), not no_progress and not app.quiet)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: what was done is saved; run 'phototag reindex' again to go on", err=True)
         sys.exit(130)

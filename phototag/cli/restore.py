@@ -65,7 +65,8 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     except MetadataError as exc:
         index.close()
         raise click.ClickException(str(exc)) from None
-    progress = Progress(enabled=not no_progress, rate_of=(RESTORED, UNCHANGED, GONE), rate_unit="photos/s")
+    progress = Progress(enabled=not no_progress and not app.quiet, rate_of=(RESTORED, UNCHANGED, GONE),
+                        rate_unit="photos/s")
     progress.total = total
     sidecars_removed = 0
     with exiftool:

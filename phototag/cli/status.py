@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from phototag import last_run
 from phototag.cli import AppContext, pass_app
 from phototag.daemon import daemon_status
 from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
@@ -41,6 +42,7 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
     index = PhotoIndex(db)
     counts = index.counts()
     failed = index.failures(limit=failures or None)
+    stopped = last_run.read(db) if counts[PENDING] else None  # why photos wait, if a run stopped early
     if as_json:
         data = {
             "index": str(db),
@@ -48,12 +50,16 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "total": sum(counts.values()),
             "failed": [{"path": row.path, "reason": row.failure_reason} for row in failed],
             "daemon": daemon_status(db),
+            "last_run_error": stopped,
         }
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(f"index: {db}")
     click.echo(f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
                f"failed: {counts[FAILED]}  missing: {counts[MISSING]}")
+    if stopped:
+        click.echo(f"  pending because the last {stopped.get('command', 'run')} ({_when(stopped.get('at'))}) "
+                   f"stopped: {stopped['error']}".replace("\n", "\n    "))
     if counts[MISSING]:
         click.echo(f"missing: {counts[MISSING]} photos are no longer on disk; their rows (and undo data) are "
                    "kept until they come back or 'phototag prune' forgets them")
