@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phototag.caption_text import tidy_caption
 from phototag.config import ModelSettings, default_batch_size
 from phototag.hub import looks_local, missing_model_reason, quiet_hub_logging
 
@@ -41,7 +42,7 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 HUB_HINT = (
-    "Connect once so it can be downloaded (~1.9 GB, kept in ~/.cache/huggingface), or copy the model folder "
+    "connect once so it can be downloaded (~1.9 GB, kept in ~/.cache/huggingface), or copy the model folder "
     "over and pass --model /path/to/folder; HF_HUB_OFFLINE=1 skips the network for good"
 )
 
@@ -85,7 +86,7 @@ def check_available(settings: ModelSettings) -> None:
     check_settings(settings)
     reason = missing_model_reason(settings.name)
     if reason is not None:
-        raise ModelLoadError(f"cannot load model {settings.name!r}: {reason}.\n{HUB_HINT}")
+        raise ModelLoadError(f"cannot load model {settings.name!r}: {reason}; {HUB_HINT}")
 
 
 def pick_device(requested: str) -> str:
@@ -120,7 +121,8 @@ def pick_draft(requested: str | bool, dtype: str) -> bool:
 
 
 def clean_caption(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    """The model's decoded text -> the caption: whitespace normalised, BLIP's known artifacts removed."""
+    return tidy_caption(re.sub(r"\s+", " ", text))
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class Captioner:
         self._prompt_ids: torch.Tensor | None = None
         self._prefix_len = 1  # the [DEC] bos token the decoder starts from
         self._pad_id = self.processor.tokenizer.pad_token_id
+        self._bad_words_ids = bad_words_ids(self.processor.tokenizer, settings.suppress_words)
         if settings.prompt:
             ids = self.processor.tokenizer(settings.prompt, return_tensors="pt").input_ids
             self._prompt_ids = ids
@@ -199,6 +202,10 @@ class Captioner:
             }
             if self.settings.min_new_tokens:
                 kwargs["min_new_tokens"] = self.settings.min_new_tokens
+            if self.settings.no_repeat_ngram_size:
+                kwargs["no_repeat_ngram_size"] = self.settings.no_repeat_ngram_size
+            if self._bad_words_ids:
+                kwargs["bad_words_ids"] = self._bad_words_ids
             if self._prompt_ids is not None:
                 # a real copy per row: generate() writes the bos id into column 0 in place
                 ids = self._prompt_ids.to(self.device).repeat(batch.shape[0], 1)
@@ -212,6 +219,20 @@ class Captioner:
 
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(pixels)]
+
+
+def bad_words_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
+    """Token id sequences for ``generate(bad_words_ids=...)``: each word as the tokenizer splits it, with
+    and without a leading space (the same for BLIP's WordPiece, different for byte-level tokenizers).
+    Words the vocabulary cannot spell (unknown pieces) are left out: banning [UNK] would ban others."""
+    unknown = tokenizer.unk_token_id
+    found: list[list[int]] = []
+    for word in words:
+        for text in (word, " " + word):
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if ids and unknown not in ids and ids not in found:
+                found.append(ids)
+    return found
 
 
 def _strip_padding(ids: list[int], pad_id: int | None) -> list[int]:
@@ -234,5 +255,5 @@ def _load_hint(name: str, exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if Path(name).expanduser().exists():
         return f"cannot load model from folder {name!r}: {first}"
-    return (f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}).\n"
+    return (f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}); "
             f"{HUB_HINT}")

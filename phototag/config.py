@@ -49,9 +49,14 @@ class ModelSettings:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 0  # 0: chosen for the device
+    # Generation defaults follow the BLIP authors' own captioning (salesforce/BLIP, models/blip.py
+    # `generate`: beam search 3, at most 30 tokens, a repetition control); see README "Captions".
     max_new_tokens: int = 30
-    min_new_tokens: int = 0  # 0: the model stops when it is done
+    min_new_tokens: int = 0  # 0: the model stops when it is done (the authors use 5)
     num_beams: int = 3
+    no_repeat_ngram_size: int = 3  # no three-word sequence twice in one caption; 0: off
+    # BLIP-large's made-up opening words, never generated (phototag.caption_text says more); (): off
+    suppress_words: tuple[str, ...] = ("arafed", "araffe", "arafe", "araf", "araffed", "arafes", "araffes")
     draft_decode: str | bool = "auto"  # auto: off with fp32 (exact captions), on with fp16/bf16
 
 

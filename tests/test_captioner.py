@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from phototag.captioner import Captioner, ModelLoadError, pick_draft, pick_dtype
+from phototag.captioner import Captioner, ModelLoadError, bad_words_ids, pick_draft, pick_dtype
 from phototag.config import ModelSettings, Settings
 from phototag.imaging import load_rgb
 from tests.conftest import copy_from_corpus
+from tests.tiny_blip import ARTIFACT_WORDS, build_tiny_blip
 
 UPRIGHT = ["jpg/gps/DSCN0010.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/nikon-e950.jpg",
            "generated/gen_png.png", "jpg/xmp/BlueSquare.jpg", "tiff/BSG1.tiff"]
@@ -17,8 +19,9 @@ UPRIGHT = ["jpg/gps/DSCN0010.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/nikon-e950
 
 @pytest.fixture(scope="module")
 def model_settings(tiny_model: Path) -> ModelSettings:
+    # generation controls off: these tests compare phototag's tokens with the model card's plain loop
     return ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=10, num_beams=1,
-                         draft_decode=False)
+                         draft_decode=False, no_repeat_ngram_size=0, suppress_words=())
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,8 @@ def test_pipeline_captions_equal_seed_script(prompt: str, settings: Settings, ti
     from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 
     photos = copy_from_corpus(UPRIGHT, tmp_path / "photos")
-    model = replace(settings.model, prompt=prompt, draft_decode=False, max_new_tokens=10)
+    model = replace(settings.model, prompt=prompt, draft_decode=False, max_new_tokens=10, no_repeat_ngram_size=0,
+                    suppress_words=())
     metadata = replace(settings.metadata, overwrite=True)  # caption photos that carry a description too
     outcomes: list[Outcome] = []
     with ExifToolSession() as exiftool:
@@ -160,3 +164,60 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(given: str | None, 
     code = "import os, phototag.captioner; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == seen
+
+
+# -- BLIP-large's artifacts ---------------------------------------------------------------------------
+
+ARTIFACT_RE = re.compile(r"\bar+af+\w*", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def artifact_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP whose vocabulary holds the artifact words, biased to say them."""
+    return build_tiny_blip(tmp_path_factory.mktemp("artifact-blip"), extra_vocab=ARTIFACT_WORDS,
+                           boost=dict.fromkeys(ARTIFACT_WORDS, 4.0))
+
+
+def test_bad_words_are_the_artifact_words_as_blips_tokenizer_splits_them(minilm: Path) -> None:
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer(str(minilm / "vocab.txt"))  # bert-base-uncased: BLIP's tokenizer vocabulary
+    ids = bad_words_ids(tokenizer, ModelSettings().suppress_words)
+    pieces = [tokenizer.convert_ids_to_tokens(seq) for seq in ids]
+    for expected in (["ara", "##fed"], ["ara", "##ffe"], ["ara", "##fe"], ["ara", "##f"]):
+        assert expected in pieces
+    assert ["ara"] not in pieces  # "ara" alone starts real words too: only the artifact spellings are banned
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_artifact_words_never_appear_in_a_caption(num_beams: int, artifact_model: Path, corpus: Path) -> None:
+    plain = ModelSettings(name=str(artifact_model), device="cpu", batch_size=4, max_new_tokens=12,
+                          num_beams=num_beams, draft_decode=False)
+    photos = [corpus / name for name in UPRIGHT]
+    # The control: without suppression this model does say them, so the test has teeth.
+    unsuppressed = Captioner(replace(plain, suppress_words=(), no_repeat_ngram_size=0))
+    pixels = [unsuppressed.preprocess(load_rgb(p)) for p in photos]
+    raw = [unsuppressed.processor.decode(ids, skip_special_tokens=True) for ids in unsuppressed.generate_ids(pixels)]
+    assert any(ARTIFACT_RE.search(text) for text in raw), raw
+    captioner = Captioner(plain)  # the defaults: suppressed at generation, cleaned after
+    ids = captioner.generate_ids(pixels)
+    raw = [captioner.processor.decode(row, skip_special_tokens=True) for row in ids]
+    assert not any(ARTIFACT_RE.search(text) for text in raw), raw  # not even before the cleanup
+    captions = captioner.caption(pixels)
+    assert not any(ARTIFACT_RE.search(text) for text in captions), captions
+
+
+def test_no_three_words_repeat_within_a_caption(tiny_model: Path, corpus: Path) -> None:
+    settings = ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=30, num_beams=1,
+                             draft_decode=False)
+    pixels = [Captioner(settings).preprocess(load_rgb(corpus / name)) for name in UPRIGHT]
+
+    def repeated_trigrams(captioner: Captioner) -> int:
+        count = 0
+        for ids in captioner.generate_ids(pixels):
+            trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+            count += len(trigrams) - len(set(trigrams))
+        return count
+
+    assert repeated_trigrams(Captioner(replace(settings, no_repeat_ngram_size=0))) > 0  # this model does repeat
+    assert repeated_trigrams(Captioner(settings)) == 0

@@ -19,14 +19,22 @@ running sitting standing walking playing riding flying swimming eating holding l
 """.split()
 
 
-def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
+# BLIP-large's artifact words, as whole words of a test vocabulary (bert-base-uncased, BLIP's real
+# tokenizer, splits them: "arafed" is "ara" + "##fed"; tests check those splits with the real vocab).
+ARTIFACT_WORDS = ["arafed", "araffe", "arafe", "araf"]
+
+
+def build_tiny_blip(folder: Path, seed: int = 0, *, extra_vocab: list[str] | None = None,
+                    boost: dict[str, float] | None = None) -> Path:
+    """``extra_vocab``: more WordPiece entries; ``boost``: add to the output bias of those tokens, so the
+    model prefers them (a model that says "arafed" unless generation forbids it)."""
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
     from transformers.models.blip import BlipImageProcessorPil
 
     folder.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + list(dict.fromkeys(WORDS))
+    vocab = specials + list(dict.fromkeys(WORDS + (extra_vocab or [])))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"))
     vocab_size = len(vocab) + 1  # + the decoder's [DEC] bos token, outside the tokenizer, as in BLIP
@@ -48,6 +56,8 @@ def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
         for parameter in model.parameters():
             if parameter.dim() >= 2:
                 parameter.normal_(0.0, 0.2)
+        for token, amount in (boost or {}).items():
+            model.text_decoder.cls.predictions.bias[vocab.index(token)] += amount
     model.save_pretrained(folder)
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
