@@ -191,3 +191,26 @@ def test_new_index_is_private(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     assert modes[db.name] == 0o600 and len(modes) == 3 and set(modes.values()) == {0o600}, modes
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+    assert len(commands) == 2 and commands[0].startswith("contrib/setup.sh ") and "backfill" in block
+    assert "HF_HUB_OFFLINE=1" in section and "pipx install" in section and "3.11" in section
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert commands[1] in ci  # CI runs the README's test command, as a user would
+    assert os.access(REPO / "contrib" / "setup.sh", os.X_OK)
+
+
+def test_setup_script_refuses_a_python_older_than_311_before_installing_anything(tmp_path: Path) -> None:
+    old_python = tmp_path / "python3.10"
+    old_python.write_text("#!/bin/sh\nexit 1\n")  # what `sys.version_info < (3, 11)` answers on 3.10
+    old_python.chmod(0o755)
+    done = subprocess.run(["bash", str(REPO / "contrib" / "setup.sh"), "--test"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PHOTOTAG_PYTHON": str(old_python),
+                                           "PHOTOTAG_VENV": str(tmp_path / "venv")})
+    assert done.returncode == 1 and "is not a Python 3.11 or newer" in done.stderr, done.stderr
+    assert not (tmp_path / "venv").exists()
