@@ -139,7 +139,7 @@ else
     "${pip[@]}" install "$CPU_FALLBACK"
   fi
 fi
-"$VENV/bin/python" -c 'import torch; print("setup: torch", torch.__version__, "CUDA " + torch.version.cuda if torch.version.cuda else "(CPU)")' >&2
+"$VENV/bin/python" -W ignore -c 'import torch; print("setup: torch", torch.__version__, "CUDA " + torch.version.cuda if torch.version.cuda else "(CPU)")' >&2
 
 # -- phototag ----------------------------------------------------------------------------------------
 if [ "$mode" = test ]; then

@@ -56,8 +56,13 @@ def phototag(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[sub
     return done, time.monotonic() - start
 
 
-def test_first_backfill_without_the_hub_fails_fast_and_says_what_to_do(
-        tmp_path: Path, closed_endpoint: str) -> None:
+def test_first_backfill_without_the_hub_fails_fast_and_says_what_to_do(tmp_path: Path, closed_endpoint: str) -> None:
+    failed_first_run(tmp_path, closed_endpoint)
+
+
+def failed_first_run(tmp_path: Path, closed_endpoint: str) -> tuple[dict[str, str], Path]:
+    """A new user's first backfill with no model and no hub; checks its output and status, returns
+    the user's environment and photo folder."""
     photos = tmp_path / "photos"
     copy_from_corpus(PHOTOS, photos)
     env = fresh_user_env(tmp_path / "home", closed_endpoint)
@@ -77,6 +82,15 @@ def test_first_backfill_without_the_hub_fails_fast_and_says_what_to_do(
     assert "pending because the last backfill" in status.stdout and "cannot be reached" in status.stdout
     report = json.loads(phototag(env, "status", "--json")[0].stdout)
     assert report["counts"]["pending"] > 0 and "cannot be reached" in report["last_run_error"]["error"]
+    return env, photos
+
+
+def test_a_completed_backfill_clears_the_reason(tmp_path: Path, closed_endpoint: str, tiny_model: Path) -> None:
+    env, photos = failed_first_run(tmp_path, closed_endpoint)
+    done, _ = phototag(env, "backfill", str(photos), "--model", str(tiny_model), "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(phototag(env, "status", "--json")[0].stdout)
+    assert report["counts"]["pending"] == 0 and report["last_run_error"] is None
 
 
 def test_local_model_without_a_cached_embedding_model_warns_once_without_stalling(
@@ -92,10 +106,6 @@ def test_local_model_without_a_cached_embedding_model_warns_once_without_stallin
     assert "cannot be reached" in warnings[0] and "reindex --embeddings" in warnings[0]
     assert "Retrying" not in done.stderr
     assert elapsed < 25, elapsed  # one file's download retries alone took 23 s
-
-    # and a completed run leaves no stale reason behind
-    status, _ = phototag(env, "status")
-    assert "pending because" not in status.stdout
 
 
 @pytest.mark.parametrize(("flags", "message"), [

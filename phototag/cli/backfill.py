@@ -79,6 +79,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         cleanup.close()
         raise click.ClickException(str(exc)) from None
     if not dry_run:
+        last_run.clear(db)  # this run's outcome replaces the last one's reason
         stale = clean_stale_temps(roots)
         if stale:
             click.echo(f"removed {len(stale)} temp files left by an interrupted run", err=True)
@@ -100,8 +101,6 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         if not dry_run:  # so `phototag status` can say why photos are still pending
             last_run.record_error(db, "backfill", str(pipeline.error))
         raise click.ClickException(str(pipeline.error))
-    if completed and not dry_run:
-        last_run.clear(db)
     if not app.quiet:
         click.echo(("dry run: " if dry_run else "") + progress.summary(), err=True)
     if not completed:
