@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from phototag.caption_text import tidy_caption
 from phototag.config import ModelSettings, default_batch_size
 from phototag.hub import looks_local, missing_model_reason, quiet_hub_logging
+from phototag.loading import heavy_loading
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +142,11 @@ class Captioner:
 
     def __init__(self, settings: ModelSettings) -> None:
         check_available(settings)  # before the imports: a missing model fails in seconds, not minutes
-        quiet_hub_logging()
+        with heavy_loading():  # the embedding thread may be importing transformers right now
+            quiet_hub_logging()
+            self._load(settings)
+
+    def _load(self, settings: ModelSettings) -> None:
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
         from transformers.models.blip import BlipImageProcessorPil
@@ -163,7 +168,7 @@ class Captioner:
             self.processor = _from_pretrained(BlipProcessor, source, image_processor=image_processor)
             model = _from_pretrained(BlipForConditionalGeneration, source, dtype=self.torch_dtype)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(_load_hint(name, exc)) from None
+            raise ModelLoadError(_load_hint(name, exc)) from exc
         self.model = model.to(self.device).eval()
         size = self.processor.image_processor.size
         self.input_size = int(min(size.get("height", 384), size.get("width", 384)))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phototag.loading import heavy_loading
 from phototag.schema import DONE
 
 if TYPE_CHECKING:
@@ -61,23 +62,27 @@ class Embedder:
         reason = missing_model_reason(name)
         if reason is not None:
             raise EmbeddingError(f"cannot load embedding model {self.name!r}: {reason}")
-        quiet_hub_logging()
+        with heavy_loading():  # the captioner may be importing transformers right now, on another thread
+            quiet_hub_logging()
+            self.model = self._load(device)
+        # renamed in sentence-transformers 5.x; the old name warns
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = get_dim()
+        self.dim = int(dim) if dim else len(self.encode(["x"])[0])
+
+    def _load(self, device: str | None) -> Any:
         try:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
         except ImportError as exc:
             raise EmbeddingError(f"sentence-transformers is not installed ({exc}): pip install sentence-transformers") \
-                from None
+                from exc
         hf_logging.disable_progress_bar()
         try:
-            self.model = SentenceTransformer(self.name, device=device)
+            return SentenceTransformer(self.name, device=device)
         except Exception as exc:  # hub unreachable, not a sentence-transformers folder, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EmbeddingError(f"cannot load embedding model {self.name!r}: {first}") from None
-        # renamed in sentence-transformers 5.x; the old name warns
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        dim = get_dim()
-        self.dim = int(dim) if dim else len(self.encode(["x"])[0])
+            raise EmbeddingError(f"cannot load embedding model {self.name!r}: {first}") from exc
 
     def encode(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
@@ -215,8 +220,10 @@ class EmbedWorker:
         *,
         loader: Callable[[str], Embedder] = load_embedder,
         batch_size: int = BATCH_SIZE,
+        on_index_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.index = index
+        self._on_index_error = on_index_error
         self.model_name = model_name
         self._loader = loader
         self._batch_size = batch_size
@@ -268,6 +275,8 @@ class EmbedWorker:
                 self._embed(batch)
 
     def _embed(self, batch: list[tuple[int, str]]) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             if self._embedder is None:
                 self._embedder = self._loader(self.model_name)
@@ -277,6 +286,13 @@ class EmbedWorker:
             if todo:
                 vectors = self._embedder.encode([caption for _, caption in todo])
                 self.saved += store_vectors(self.index, self._embedder.name, todo, vectors)
+        except SQLAlchemyError as exc:
+            if self._on_index_error is None:
+                log.warning("embedding %d captions failed: %s", len(batch), str(getattr(exc, "orig", exc)))
+                return
+            # the index is broken or busy: the run stops with one line saying so (not one per batch)
+            self.disabled_reason = "index error"
+            self._on_index_error(exc)
         except EmbeddingError as exc:
             self.disabled_reason = str(exc)
             log.warning("captions are indexed without embeddings (search by meaning needs them): %s; "

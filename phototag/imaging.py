@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from phototag.failures import is_transient_os_error
 from phototag.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS, is_image_path, is_raw_path
 
 __all__ = [
@@ -86,6 +87,8 @@ def load_rgb(
     except UnidentifiedImageError:
         raise ImageError("not a readable image (unknown or damaged format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, OSError) and is_transient_os_error(exc):
+            raise  # the disk's trouble (I/O error), not the photo's: the caller retries it later
         raise ImageError(f"damaged or truncated image: {_first_line(exc)}") from None
 
 

@@ -48,7 +48,7 @@ from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
 from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
 from phototag.search import Query, parse_query
 
-SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since
+SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries
 
 
 class Base(DeclarativeBase):
@@ -65,6 +65,10 @@ class Photo(Base):
     content_hash: Mapped[str | None] = mapped_column(String, nullable=True)
     status: Mapped[str] = mapped_column(String, default=PENDING)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "transient" (disk full, I/O error, exiftool died: retried by the next run) or "permanent"
+    # (see phototag.failures), and how many tries in a row have failed.
+    failure_kind: Mapped[str | None] = mapped_column(String, nullable=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     caption: Mapped[str | None] = mapped_column(Text, nullable=True)
     caption_source: Mapped[str | None] = mapped_column(String, nullable=True)
     keywords: Mapped[str] = mapped_column(Text, default="")
@@ -101,6 +105,8 @@ class Photo(Base):
             "prompt": self.prompt,
             "written_to": self.written_to,
             "failure_reason": self.failure_reason,
+            "failure_kind": self.failure_kind,
+            "tries": self.tries,
             "size": self.size,
             "mtime_ns": self.mtime_ns,
             "content_hash": self.content_hash,
@@ -168,6 +174,10 @@ def _migrate(conn: Any) -> None:
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_photos_taken_at ON photos (taken_at)"))
     if columns and "missing_since" not in columns:
         conn.execute(text("ALTER TABLE photos ADD COLUMN missing_since FLOAT"))
+    if columns and "failure_kind" not in columns:
+        conn.execute(text("ALTER TABLE photos ADD COLUMN failure_kind VARCHAR"))
+    if columns and "tries" not in columns:
+        conn.execute(text("ALTER TABLE photos ADD COLUMN tries INTEGER NOT NULL DEFAULT 0"))
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:

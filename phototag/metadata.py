@@ -49,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from phototag.failures import disk_full, file_size, is_transient_os_error, os_error_reason
 from phototag.formats import PAIRED_EXTENSIONS, RAW_EXTENSIONS, is_raw_path
 
 if TYPE_CHECKING:
@@ -149,10 +150,15 @@ _IO_ERROR = re.compile(
 
 
 class MetadataError(Exception):
-    """A metadata read or write failed; ``str(e)`` is a one-line reason naming the file."""
+    """A metadata read or write failed; ``str(e)`` is a one-line reason naming the file.
 
-    def __init__(self, message: str) -> None:
+    ``transient``: the trouble was not the photo's (disk full, I/O error, exiftool died), so a later run
+    may retry it (see :mod:`phototag.failures`).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(" ".join(str(message).split()))
+        self.transient = transient
 
 
 class _Unwritable(Exception):
@@ -1199,12 +1205,15 @@ class ExifToolSession:
             if self._closed:
                 raise MetadataError("exiftool session is closed")
             if self._helper is None or not self._helper.running:
-                self._start()
+                try:
+                    self._start()
+                except MetadataError as exc:  # it ran before: not this photo's fault
+                    raise MetadataError(str(exc), transient=True) from exc
             try:
                 raw = self._helper.execute(*args, raw_bytes=True)
             except Exception as exc:  # the process died or the protocol broke: start afresh next time
                 self._stop()
-                raise MetadataError(f"exiftool stopped unexpectedly: {exc}") from exc
+                raise MetadataError(f"exiftool stopped unexpectedly: {exc}", transient=True) from exc
             stderr = self._helper.last_stderr or b""
             status = self._helper.last_status or 0
         return (
@@ -1355,7 +1364,7 @@ class ExifToolSession:
             if status != 0 or not tmp.is_file() or (exists and tmp.stat().st_size == 0):
                 message = _one_line(stderr, target, tmp, *self._safe_names.aliases(target, tmp))
                 if _IO_ERROR.search(message):
-                    raise MetadataError(f"{target}: exiftool could not write: {message}")
+                    raise _write_error(target, message)
                 raise rejected(f"exiftool refused to write it ({message})")
             records = self._read_json([target, tmp] if exists else [tmp], everything=True)
             problem = check(records[0] if exists else {}, records[-1])
@@ -1363,7 +1372,7 @@ class ExifToolSession:
                 raise rejected(problem)
             _commit(tmp, target, mode_from=target if exists else None, keep_mtime=keep_mtime and exists)
         except OSError as exc:
-            raise MetadataError(f"{target}: {exc.strerror or exc}") from exc
+            raise MetadataError(f"{target}: {os_error_reason(exc)}", transient=is_transient_os_error(exc)) from exc
         finally:
             _remove_quietly(*leftovers)
 
@@ -1518,6 +1527,15 @@ def _recorded_sidecar(photo: Path, file_part: Mapping[str, object], side_part: M
     if side.name == was.stem + ".xmp":
         return sidecar_path(photo, "base")
     return None
+
+
+def _write_error(target: Path, message: str) -> MetadataError:
+    """exiftool's write error as a reason: it says "Error writing output file" for a full disk, so the
+    free space of the folder decides (the write needed room for a whole temp copy of the file)."""
+    if "no space" in message.lower() or disk_full(target.parent, file_size(target)):
+        return MetadataError(f"{target}: disk full (exiftool: {message})", transient=True)
+    transient = bool(re.search(r"Error (writing|renaming)", message, re.IGNORECASE))  # I/O, not the photo
+    return MetadataError(f"{target}: exiftool could not write: {message}", transient=transient)
 
 
 def _check_folder_writable(photo: Path) -> None:

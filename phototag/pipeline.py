@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker
+from phototag.failures import MAX_TRIES, PERMANENT, TRANSIENT, is_transient_os_error, os_error_reason
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
     DONE,
@@ -65,6 +67,48 @@ _STOP = object()
 BATCH_FILL_WAIT_S = 1.0
 
 
+class RunError(Exception):
+    """The run cannot go on: the index failed, or a bug. ``str(e)`` is one line; the cause is chained."""
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error that is not a photo's: the index's own message, else the type and message."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"index error: {_first_line(getattr(exc, 'orig', None) or exc)}"
+    if isinstance(exc, OSError):
+        return os_error_reason(exc) + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def run_error(exc: BaseException) -> RunError:
+    """The one line a run stops with, for an error that is not any photo's fault."""
+    if isinstance(exc, SQLAlchemyError):
+        error = RunError(error_line(exc))
+    else:
+        error = RunError(f"internal error: {error_line(exc)} (a bug; -vv shows where)")
+    error.__cause__ = exc
+    return error
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _index_busy(exc: SQLAlchemyError) -> bool:
+    """Another process held the index past the busy timeout: a passing state, not a broken index."""
+    return isinstance(exc, OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
+
+
+def photo_failure(exc: BaseException) -> tuple[str, bool]:
+    """A per-photo error as (one-line reason, transient?)."""
+    if isinstance(exc, MetadataError):
+        return str(exc), exc.transient
+    if isinstance(exc, OSError):
+        return f"cannot read file: {os_error_reason(exc)}", is_transient_os_error(exc)
+    return str(exc), False
+
+
 @dataclass(frozen=True)
 class Outcome:
     path: Path
@@ -86,6 +130,7 @@ class Task:
     caption: str | None = None
     source: str = SOURCE_MODEL
     reason: str | None = None
+    transient: bool = False  # the failure in ``reason`` was not the photo's fault: retry it later
     confirm_only: bool = False
     keywords: tuple[str, ...] = field(default_factory=tuple)
 
@@ -141,7 +186,8 @@ class Pipeline:
         # captions are embedded (for search by meaning) on a helper thread, after they are indexed
         self.embeddings: EmbedWorker | None = None
         if settings.search.embeddings and not dry_run:
-            self.embeddings = EmbedWorker(index, settings.embedding_model())
+            self.embeddings = EmbedWorker(index, settings.embedding_model(),
+                                          on_index_error=lambda exc: self._fail(run_error(exc)))
             self._threads.append(self.embeddings.thread)
         self._started = False
 
@@ -247,12 +293,20 @@ class Pipeline:
                     self._workers_busy += 1
                 try:
                     self._plan_and_decode(item)
-                except Exception as exc:  # one bad file never stops the run
-                    log.debug("unexpected error on %s", item, exc_info=True)
-                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"unexpected error: {exc}"))
+                except (ImageError, MetadataError, OSError) as exc:  # this photo's trouble: the run goes on
+                    log.debug("%s failed", item, exc_info=True)
+                    self._report(Outcome(item, FAILED_OUTCOME, reason=photo_failure(exc)[0]))
+                except SQLAlchemyError as exc:
+                    if not _index_busy(exc):
+                        raise
+                    # the row is untouched, so the next backfill or rescan tries this photo again
+                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"index busy ({_first_line(exc.orig)})"))
                 finally:
                     with self._workers_lock:
                         self._workers_busy -= 1
+        except Exception as exc:  # the index failed, or a bug: the run's failure, not each photo's
+            log.debug("the decode stage failed", exc_info=True)
+            self._fail(run_error(exc))
         finally:
             with self._workers_lock:
                 self._workers_left -= 1
@@ -280,8 +334,8 @@ class Pipeline:
                 preview=self._raw_preview(path),
             )
             task.pixels = self.captioner.preprocess(image)
-        except ImageError as exc:
-            task.reason = str(exc)
+        except (ImageError, MetadataError, OSError) as exc:  # MetadataError: a RAW preview; OSError: I/O
+            task.reason, task.transient = photo_failure(exc)
             self._to_writer.put([task])
             return
         self._to_model.put(task)
@@ -305,7 +359,7 @@ class Pipeline:
             return None
         row = self.index.get(path)
         if row is not None and row.status in (DONE, FAILED) and self._unchanged(row, stat):
-            if row.status == DONE or not self.retry_failed:
+            if row.status == DONE or not self._retry(row):
                 self._report(Outcome(path, SKIPPED, caption=row.caption))
                 return None
         try:
@@ -325,7 +379,7 @@ class Pipeline:
             row = self._returned(row, path, stat, digest)
             if row is None:
                 return None
-        if row is not None and row.status == FAILED and row.content_hash == digest and not self.retry_failed:
+        if row is not None and row.status == FAILED and row.content_hash == digest and not self._retry(row):
             self._refresh(row, stat, digest)
             self._report(Outcome(path, SKIPPED, caption=row.caption))
             return None
@@ -333,7 +387,8 @@ class Pipeline:
             existing = self.exiftool.read(path)
         except MetadataError as exc:
             existing = ExistingMetadata(None, (), {})
-            task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing, reason=str(exc))
+            task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing, reason=str(exc),
+                        transient=exc.transient)
             self._mark_pending(task, row)
             return task
         task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing)
@@ -359,6 +414,11 @@ class Pipeline:
             task.keywords = existing.keywords
         self._mark_pending(task, row)
         return task
+
+    def _retry(self, row: Photo) -> bool:
+        """Try a failed photo again: always with --retry-failed, else after a transient failure (disk
+        full, I/O error, exiftool died) while it has failed fewer than MAX_TRIES times in a row."""
+        return self.retry_failed or (row.failure_kind == TRANSIENT and (row.tries or 0) < MAX_TRIES)
 
     def _planned_and_unwritten(self, row: Photo, digest: str, existing: ExistingMetadata) -> bool:
         """A pending row holding a model caption for exactly this content (same model and prompt)."""
@@ -437,9 +497,11 @@ class Pipeline:
             if current is None:
                 current = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns)
                 session.add(current)
+            if current.content_hash != task.digest:
+                current.tries = 0  # new content: earlier failures were about the old one
             current.status = PENDING
             current.size, current.mtime_ns, current.content_hash = task.size, task.mtime_ns, task.digest
-            current.failure_reason = None
+            current.failure_reason = current.failure_kind = None
             if current.original_metadata is None and task.existing.original:
                 import json
 
@@ -453,9 +515,15 @@ class Pipeline:
                 self.captioner = self._captioner_factory()
                 self._size_queues(self.captioner.batch_size)
         except ModelLoadError as exc:
+            log.debug("loading the model failed", exc_info=True)
             self._fail(exc)
-        except Exception as exc:
-            self._fail(ModelLoadError(f"cannot load model {self.settings.model.name!r}: {exc}"))
+        except Exception as exc:  # e.g. an ImportError from a broken install: say which, keep the cause
+            log.debug("loading the model failed", exc_info=True)
+            error = ModelLoadError(
+                f"cannot load model {self.settings.model.name!r}: {type(exc).__name__}: {_first_line(exc)}"
+            )
+            error.__cause__ = exc
+            self._fail(error)
         finally:
             self._model_ready.set()
         try:
@@ -463,7 +531,13 @@ class Pipeline:
             while not finished:
                 batch, finished = self._next_batch()
                 if batch and not self._stopping.is_set():
-                    self._to_writer.put(self._caption_batch(batch))
+                    try:
+                        captioned = self._caption_batch(batch)
+                    except Exception as exc:  # a bug (the model's own failures fail their batch): stop the run
+                        log.debug("the caption stage failed", exc_info=True)
+                        self._fail(run_error(exc))
+                    else:
+                        self._to_writer.put(captioned)
                 for task in batch if self._stopping.is_set() else ():
                     self._done_with(str(task.path))  # dropped: never started, still pending
         finally:
@@ -546,12 +620,18 @@ class Pipeline:
             self._write(tasks)
 
     def _write(self, tasks: list[Task]) -> None:
+        if isinstance(self.error, RunError):  # the index failed or a bug: leave these pending for the next run
+            for task in tasks:
+                self._done_with(str(task.path))
+            return
         try:
             outcomes = self._writer.handle(tasks)
-        except Exception as exc:
-            log.exception("writing results failed")
-            self._fail(exc)
-            outcomes = [Outcome(t.path, FAILED_OUTCOME, reason=f"index write failed: {exc}") for t in tasks]
+        except Exception as exc:  # the index failed, or a bug: stop the run with one line, not N failures
+            log.debug("writing results failed", exc_info=True)
+            self._fail(run_error(exc))
+            for task in tasks:
+                self._done_with(str(task.path))
+            return
         for outcome in outcomes:
             self._report(outcome)
 
@@ -581,8 +661,9 @@ class MetadataWrites:
                 if written.fallback_reason:
                     log.info("wrote a sidecar instead: %s", written.fallback_reason)
                 results[i] = ("ok", str(written.target) if written.kind == "sidecar" else "embedded")
-            except MetadataError as exc:
-                results[i] = ("failed", str(exc))
+            except (MetadataError, OSError) as exc:
+                results[i] = ("failed", photo_failure(exc)[0])
+                task.transient = photo_failure(exc)[1]
         # 3. record the outcome of every task
         outcomes: list[Outcome] = []
         indexed: list[tuple[Photo, str]] = []
@@ -609,6 +690,7 @@ class MetadataWrites:
                         row.model_name, row.prompt, row.written_to = None, None, None
                     kind = HUMAN if task.source == SOURCE_HUMAN else CAPTIONED
                 row.status, row.failure_reason, row.captioned_at = DONE, None, time.time()
+                row.failure_kind, row.tries = None, 0
                 row.taken_at = task.existing.taken_at or row.taken_at or local_time_iso(task.mtime_ns)
                 indexed.append((row, task.caption or ""))
                 outcomes.append(
@@ -635,6 +717,8 @@ class MetadataWrites:
     @staticmethod
     def _failed(row: Photo, task: Task, reason: str) -> Outcome:
         row.status, row.failure_reason = FAILED, reason
+        row.failure_kind = TRANSIENT if task.transient else PERMANENT
+        row.tries = (row.tries or 0) + 1
         return Outcome(task.path, FAILED_OUTCOME, reason=reason)
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 # photos.status
 PENDING = "pending"  # queued or in flight; resumed after a crash
 DONE = "done"  # caption written to the photo (or its sidecar) and indexed
-FAILED = "failed"  # this photo's own trouble; failure_reason says which
+FAILED = "failed"  # failure_reason says why; failure_kind whether a later run retries it (phototag.failures)
 # no longer on disk (deleted, moved away, its share unmounted): the row keeps caption, source and original
 # metadata (undo data) for when the photo is back, until `phototag prune` forgets it (phototag.sweep)
 MISSING = "missing"

@@ -32,7 +32,17 @@ from phototag.daemon import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex
 from phototag.metadata import TEMP_MARKER, ExifToolSession
-from phototag.pipeline import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, RETURNED, SYMLINK, Outcome, Pipeline
+from phototag.pipeline import (
+    CAPTIONED,
+    FAILED_OUTCOME,
+    HUMAN,
+    MOVED,
+    RETURNED,
+    SYMLINK,
+    Outcome,
+    Pipeline,
+    error_line,
+)
 from phototag.scan import walk_photos
 from phototag.sweep import sweep, sweepable
 
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", "~", ".crdownload", ".download", "_exiftool_tmp")
 STATE_INTERVAL = 2.0  # seconds between state file refreshes
 DELETE_MAX_WAIT = 60.0  # drop deleted photos' rows after this long even if the queue never goes quiet
+SCAN_RETRY = 60.0  # seconds before a failed scan is tried again when periodic rescans are off
 
 
 def is_ignored_name(name: str) -> bool:
@@ -314,8 +325,8 @@ class WatchDaemon:
     def _forget(self, paths: list[str]) -> None:
         try:
             swept = sweep(self.index, self.roots, [Path(p) for p in paths], exists=os.path.lexists)
-        except Exception as exc:  # the index is busy or broken: say so, keep watching
-            self._error(f"marking deleted photos missing in the index failed: {exc}")
+        except Exception as exc:  # the index is busy or broken: say so, keep watching (the next scan sweeps)
+            self._error(f"marking deleted photos missing in the index failed: {error_line(exc)}", source="sweep")
             return
         for path in swept.missing:
             log.info("%s is missing (deleted or moved away; its row is kept)", path)
@@ -323,19 +334,30 @@ class WatchDaemon:
     # -- scanner ---------------------------------------------------------------------------------
 
     def _scan_loop(self) -> None:
-        try:
-            self._resume_pending()
-            self._rescan("catch-up")
-            self.ready.set()
-            self._write_state()
-            interval = self.settings.watch.rescan_interval
-            while interval > 0 and not self._stop.wait(interval):
-                self._rescan("rescan")
-        except Exception as exc:
-            self._error(f"scan failed: {exc}")
-            log.debug("scan failed", exc_info=True)
-        finally:
-            self.ready.set()
+        """Catch up, then rescan every interval. A failed scan (the index busy or unwritable, say) is
+        logged, shown by ``status`` and tried again after the interval; a scan that works clears it."""
+        label = "catch-up"
+        interval = self.settings.watch.rescan_interval
+        while not self._stop.is_set():
+            try:
+                if label == "catch-up":
+                    self._resume_pending()
+                self._rescan(label)
+            except Exception as exc:  # whatever broke, the scanner must outlive it: the daemon runs for months
+                log.debug("%s scan failed", label, exc_info=True)
+                wait = interval if interval > 0 else SCAN_RETRY
+                self._error(f"{label} scan failed: {error_line(exc)}; trying again in {wait:g}s", source="scan")
+            else:
+                if self._stop.is_set():
+                    break
+                self._clear_errors("scan", "sweep")  # a full scan also swept the rows a failed sweep left
+                label, wait = "rescan", interval
+            if not self.ready.is_set():
+                self.ready.set()
+                self._write_state()
+            if wait <= 0 or self._stop.wait(wait):
+                break
+        self.ready.set()
 
     def _resume_pending(self) -> None:
         """Queued work survives a crash as ``pending`` rows: resume those under the watched folders."""
@@ -400,9 +422,15 @@ class WatchDaemon:
         else:
             log.debug("%s %s", outcome.kind, outcome.path)
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, source: str = "photo") -> None:
         log.warning("%s", message)
-        self.last_error = {"at": time.time(), "message": message}
+        self.last_error = {"at": time.time(), "message": message, "source": source}
+
+    def _clear_errors(self, *sources: str) -> None:
+        """Things work again: an error from one of ``sources`` no longer shows in ``status``."""
+        error = self.last_error
+        if error is not None and error.get("source") in sources:
+            self.last_error = None  # the state writer shows it within STATE_INTERVAL
 
     def _state_loop(self) -> None:
         while not self._stop.wait(STATE_INTERVAL):

@@ -15,9 +15,8 @@ import click
 
 from phototag import last_run
 from phototag.cli import AppContext, pass_app
-from phototag.cli.options import apply_model_options, model_options
+from phototag.cli.options import apply_model_options, model_options, open_index
 from phototag.cli.progress import Progress
-from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
 from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 from phototag.scan import count_photos, walk_photos
@@ -71,7 +70,11 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
     db = settings.db_path()
     if dry_run and not db.exists():  # a dry run creates no index either
         db = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
-    index = PhotoIndex(db)
+    try:
+        index = open_index(db)
+    except click.ClickException:
+        cleanup.close()
+        raise
     cleanup.callback(index.close)
     try:
         exiftool = ExifToolSession.from_settings(settings.metadata)

@@ -1,14 +1,18 @@
-"""Option stacks shared by commands that run the captioning pipeline (backfill, watch)."""
+"""Option stacks, and opening the index, shared by commands that run the captioning pipeline (backfill, watch)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from phototag.cli import AppContext
 from phototag.config import Settings
+
+if TYPE_CHECKING:
+    from phototag.index import PhotoIndex
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,3 +49,21 @@ def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
+
+
+def open_index(db: Path) -> PhotoIndex:
+    """The index for a command that writes it, or one clear line (no traceback) when it cannot be
+    opened: a folder this user cannot write, a damaged file, a disk that is full."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from phototag.index import PhotoIndex
+
+    try:
+        return PhotoIndex(db)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"cannot open the index {db}: {cause}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the index {db}: {exc.strerror or exc}") from None

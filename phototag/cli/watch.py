@@ -44,8 +44,8 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
       phototag watch                           # the config's [watch] folders
       systemctl --user enable --now phototag   # see contrib/phototag.service
     """
+    from phototag.cli.options import open_index
     from phototag.daemon import AlreadyRunning, DaemonLock
-    from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
     from phototag.watch import WatchDaemon
 
@@ -67,12 +67,15 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     if logging.getLogger().level == logging.WARNING:  # no -v or -q: a daemon says what it does
         phototag_log.setLevel(logging.INFO)
 
-    lock = DaemonLock(settings.db_path())
+    db = settings.db_path()
+    lock = DaemonLock(db)
     try:
         lock.acquire()  # first: a second daemon refuses before it touches the index
     except AlreadyRunning as exc:
         raise click.ClickException(str(exc)) from None
-    index = PhotoIndex(settings.db_path())
+    except OSError as exc:  # e.g. an index folder this user cannot write
+        raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
+    index = open_index(db)
     try:
         exiftool = ExifToolSession.from_settings(settings.metadata)
     except MetadataError as exc:
@@ -104,11 +107,13 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         embed_server.close()
     finished = daemon.shutdown(watch.stop_timeout)
     if not finished:
-        log.warning("the batch in flight did not finish within %gs; its photos stay pending and resume on "
-                    "the next start", watch.stop_timeout)
+        log.error("the batch in flight did not finish within %gs; its photos stay pending and resume on "
+                  "the next start", watch.stop_timeout)
+        if daemon.error is not None:
+            log.error("%s", daemon.error)
         logging.shutdown()
         sys.stderr.flush()
-        os._exit(0)  # threads still busy: leave without waiting (every write is atomic)
+        os._exit(1)  # threads still busy: leave without waiting (every write is atomic); not a clean stop
     exiftool.close()
     index.close()
     if daemon.error is not None:
