@@ -97,15 +97,16 @@ def _first_line(exc: BaseException) -> str:
 
 def _index_busy(exc: SQLAlchemyError) -> bool:
     """Another process held the index past the busy timeout: a passing state, not a broken index."""
-    return isinstance(exc, OperationalError) and ("locked" in str(exc.orig) or "busy" in str(exc.orig))
+    cause = str(getattr(exc, "orig", None) or exc)
+    return isinstance(exc, OperationalError) and ("locked" in cause or "busy" in cause)
 
 
-def photo_failure(exc: BaseException) -> tuple[str, bool]:
+def photo_failure(exc: BaseException, doing: str = "cannot read file") -> tuple[str, bool]:
     """A per-photo error as (one-line reason, transient?)."""
     if isinstance(exc, MetadataError):
         return str(exc), exc.transient
     if isinstance(exc, OSError):
-        return f"cannot read file: {os_error_reason(exc)}", is_transient_os_error(exc)
+        return f"{doing}: {os_error_reason(exc)}", is_transient_os_error(exc)
     return str(exc), False
 
 
@@ -300,7 +301,8 @@ class Pipeline:
                     if not _index_busy(exc):
                         raise
                     # the row is untouched, so the next backfill or rescan tries this photo again
-                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"index busy ({_first_line(exc.orig)})"))
+                    cause = getattr(exc, "orig", None) or exc
+                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"index busy ({_first_line(cause)})"))
                 finally:
                     with self._workers_lock:
                         self._workers_busy -= 1
@@ -662,8 +664,8 @@ class MetadataWrites:
                     log.info("wrote a sidecar instead: %s", written.fallback_reason)
                 results[i] = ("ok", str(written.target) if written.kind == "sidecar" else "embedded")
             except (MetadataError, OSError) as exc:
-                results[i] = ("failed", photo_failure(exc)[0])
-                task.transient = photo_failure(exc)[1]
+                reason, task.transient = photo_failure(exc, "cannot write file")
+                results[i] = ("failed", reason)
         # 3. record the outcome of every task
         outcomes: list[Outcome] = []
         indexed: list[tuple[Photo, str]] = []

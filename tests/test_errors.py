@@ -197,6 +197,8 @@ def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(tmp_path: Pa
             assert photo.read_bytes() == original
             assert not [p for p in photo.parent.iterdir() if p.name.startswith(".")]  # no temp copy left
 
+        text = run(config, "status").output
+        assert f"{photo}: {photo}: disk full" in text and f"failed {MAX_TRIES} tries in a row" in text, text
         filler.unlink()
         result = run(config, "backfill", str(disk / "lib"), "--no-progress")  # the bound is reached: it waits
         assert result.exit_code == 0 and "captioned 0" in result.output, result.output
@@ -215,6 +217,7 @@ def test_a_photo_that_failed_transiently_is_captioned_once_the_disk_has_room(tmp
         filler = fill_up(disk)
         assert run(config, "backfill", str(disk / "lib"), "--no-progress").exit_code == 0
         assert db_rows(db)[str(photo)][0::2] == ("failed", "transient")
+        assert "the next run retries it" in run(config, "status").output
         filler.unlink()
         result = run(config, "backfill", str(disk / "lib"), "--no-progress")  # no --retry-failed needed
         assert result.exit_code == 0 and "captioned 1" in result.output, result.output

@@ -11,6 +11,7 @@ import click
 from phototag import last_run
 from phototag.cli import AppContext, pass_app
 from phototag.daemon import daemon_status
+from phototag.failures import MAX_TRIES, TRANSIENT
 from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
 
 
@@ -48,7 +49,8 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "index": str(db),
             "counts": counts,
             "total": sum(counts.values()),
-            "failed": [{"path": row.path, "reason": row.failure_reason} for row in failed],
+            "failed": [{"path": row.path, "reason": row.failure_reason, "kind": row.failure_kind, "tries": row.tries}
+                       for row in failed],
             "daemon": daemon_status(db),
             "last_run_error": stopped,
         }
@@ -67,9 +69,18 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
     if failed:
         click.echo("failed:")
         for row in failed:
-            click.echo(f"  {row.path}: {row.failure_reason}")
+            click.echo(f"  {row.path}: {row.failure_reason}{_retry_note(row.failure_kind, row.tries)}")
         if counts[FAILED] > len(failed):
             click.echo(f"  ... and {counts[FAILED] - len(failed)} more (--failures 0 lists all)")
+
+
+def _retry_note(kind: str | None, tries: int | None) -> str:
+    """Whether the next run tries a failed photo again by itself (see phototag.failures)."""
+    if kind != TRANSIENT:
+        return ""
+    if (tries or 0) < MAX_TRIES:
+        return f" (not the photo's fault: the next run retries it; failed {tries} of {MAX_TRIES} tries)"
+    return f" (failed {tries} tries in a row: backfill --retry-failed tries again)"
 
 
 def _when(epoch: Any) -> str:
