@@ -377,3 +377,20 @@ def test_an_index_folder_the_daemon_cannot_write_is_one_line(tmp_path: Path, tin
             assert result.returncode == 1, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert "Traceback" not in result.stderr and str(folder) in result.stderr, result.stderr
+
+
+def test_an_index_from_before_failure_kinds_is_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    PhotoIndex(db).close()
+    raw = sqlite3.connect(db)  # make it a version 2 index, with a photo that failed back then
+    raw.executescript("ALTER TABLE photos DROP COLUMN failure_kind; ALTER TABLE photos DROP COLUMN tries; "
+                      "PRAGMA user_version=2;")
+    raw.execute("INSERT INTO photos (path, size, mtime_ns, status, failure_reason, keywords, created_at, "
+                "updated_at) VALUES ('/p/a.jpg', 1, 1, 'failed', 'cannot decode', '', 0, 0)")
+    raw.commit()
+    raw.close()
+    index = PhotoIndex(db)
+    index.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == phototag.index.SCHEMA_VERSION == 3
+    assert db_rows(db) == {"/p/a.jpg": ("failed", "cannot decode", None, 0)}  # an old failure waits, as before
