@@ -177,6 +177,7 @@ def fill_up(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
 def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(tmp_path: Path, tiny_model: Path,
                                                                       corpus: Path) -> None:
     config, db = write_config(tmp_path, tiny_model, "[search]\nembeddings = false\n")
@@ -209,6 +210,7 @@ def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(tmp_path: Pa
         assert db_rows(db)[str(photo)] == ("done", None, None, 0)
 
 
+@pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
 def test_a_photo_that_failed_transiently_is_captioned_once_the_disk_has_room(tmp_path: Path, tiny_model: Path,
                                                                              corpus: Path) -> None:
     config, db = write_config(tmp_path, tiny_model, "[search]\nembeddings = false\n")
@@ -239,6 +241,7 @@ def library(tmp_path: Path) -> Path:
     return lib
 
 
+@pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
 def test_an_index_error_mid_run_stops_the_backfill_with_one_line(tmp_path: Path, tiny_model: Path,
                                                                  library: Path) -> None:
     config, db = write_config(tmp_path, tiny_model)
@@ -289,6 +292,7 @@ def test_a_bug_stops_the_run_with_one_line(tmp_path: Path, tiny_model: Path, lib
 # -- 4. the daemon ------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
 def test_the_scanner_outlives_an_error_and_status_clears_it(settings: Settings, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
