@@ -13,6 +13,10 @@ Queues between stages are bounded, so memory does not grow with the library. A p
 on the ``pending`` row, so after a crash the next run can tell its own half-finished work from a
 person's description, and writes that caption without running the model again. A dry run swaps
 the write stage for one that only reports.
+
+A photo's own trouble (ImageError, MetadataError, OSError) fails that photo, as transient or permanent
+(:mod:`phototag.failures`), and the run goes on; an index error or a bug stops the run with one line
+(:class:`RunError`), leaving the photos not yet done ``pending``.
 """
 
 from __future__ import annotations
