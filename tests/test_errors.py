@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,21 +30,11 @@ from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
 from phototag.watch import WatchDaemon
-from tests.conftest import REPO, copy_from_corpus, read_only_folder
+from tests.conftest import REPO, copy_from_corpus, read_only_folder, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
 SMALL = [f"jpg/gps/DSCN00{n}.jpg" for n in ("10", "12", "21", "25", "27", "29", "38", "40", "42")]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def write_config(tmp_path: Path, tiny_model: Path, extra: str = "") -> tuple[Path, Path]:
@@ -257,7 +246,7 @@ def test_an_index_error_mid_run_stops_the_backfill_with_one_line(tmp_path: Path,
             except sqlite3.OperationalError:
                 return False
 
-        wait_for(captioned, what="the first captions")
+        wait_until(captioned, what="the first captions")
         with sqlite3.connect(db, timeout=30) as conn:  # the index breaks under the running backfill
             conn.execute("ALTER TABLE photos RENAME TO photos_elsewhere")
         _, err = proc.communicate(timeout=120)
@@ -313,17 +302,17 @@ def test_the_scanner_outlives_an_error_and_status_clears_it(settings: Settings, 
             blocker = sqlite3.connect(db, timeout=10)
             blocker.execute("BEGIN IMMEDIATE")  # a writer that does not let go
             photos[0].unlink()
-            error = wait_for(lambda: (daemon_status(db).get("last_error") or {}).get("message", ""),
+            error = wait_until(lambda: (daemon_status(db).get("last_error") or {}).get("message", ""),
                              what="the scan error in the state file")
             assert "database is locked" in error, error
-            wait_for(lambda: sum("rescan scan failed" in r.getMessage() for r in caplog.records) >= 2,
+            wait_until(lambda: sum("rescan scan failed" in r.getMessage() for r in caplog.records) >= 2,
                      what="the scanner to try again")
             assert daemon.error is None
             text = CliRunner().invoke(main, ["--db", str(db), "status"]).output
             assert "last error" in text and "database is locked" in text, text
             blocker.rollback()
             blocker.close()
-            wait_for(lambda: daemon_status(db).get("last_error") is None and str(photos[0]) not in
+            wait_until(lambda: daemon_status(db).get("last_error") is None and str(photos[0]) not in
                      _paths(db), what="the error cleared and the row swept")
         finally:
             assert daemon.shutdown(20)
@@ -358,7 +347,7 @@ def test_a_stop_that_times_out_exits_non_zero(tmp_path: Path, tiny_model: Path) 
         proc = subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
-        wait_for(lambda: proc.poll() is None and daemon_status(db).get("caught_up"), what="the daemon to start")
+        wait_until(lambda: proc.poll() is None and daemon_status(db).get("caught_up"), what="the daemon to start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 1, log.read_text()
     finally:
