@@ -312,16 +312,16 @@ def test_the_scanner_outlives_an_error_and_status_clears_it(settings: Settings, 
             assert "last error" in text and "database is locked" in text, text
             blocker.rollback()
             blocker.close()
-            wait_until(lambda: daemon_status(db).get("last_error") is None and str(photos[0]) not in
-                     _paths(db), what="the error cleared and the row swept")
+            wait_until(lambda: daemon_status(db).get("last_error") is None and _paths(db)[str(photos[0])] ==
+                       "missing", what="the error cleared and the deleted photo's row swept")
         finally:
             assert daemon.shutdown(20)
     index.close()
 
 
-def _paths(db: Path) -> set[str]:
+def _paths(db: Path) -> dict[str, str]:
     with sqlite3.connect(db) as conn:
-        return {row[0] for row in conn.execute("SELECT path FROM photos")}
+        return dict(conn.execute("SELECT path, status FROM photos").fetchall())
 
 
 def run_backfill_in_process(settings: Settings, lib: Path) -> int:
