@@ -43,9 +43,11 @@ from phototag.index import Photo, PhotoIndex  # noqa: E402
 from phototag.keywords import keywords_from_caption  # noqa: E402
 
 try:  # this phototag has search by meaning and filters
-    from phototag import finder as finder_module
+    from phototag import search as search_module
 except ImportError:  # an older phototag: keyword search through PhotoIndex.search only
-    finder_module = None  # type: ignore[assignment]
+    search_module = None  # type: ignore[assignment]
+if search_module is not None and not hasattr(search_module, "Finder"):
+    search_module = None  # an older phototag, whose phototag.search was the query parser
 
 POOL_SIZE = 30_000
 QUERIES: dict[str, list[str]] = {
@@ -183,13 +185,13 @@ def time_calls(call: Callable[[], Any], repeat: int) -> list[tuple[float, float]
 
 
 def keyword_runner(db: Path) -> tuple[Callable[[str], Any], Any]:
-    if finder_module is None:
+    if search_module is None:
         index = PhotoIndex(db)
         return (lambda text: index.search(text, limit=20)), index
-    from phototag.search import parse_query
+    from phototag.query import parse_query
 
-    conn = finder_module.connect(db)
-    finder = finder_module.Finder(conn)
+    conn = search_module.connect(db)
+    finder = search_module.Finder(conn)
     return (lambda text: finder.search(parse_query(text), limit=20)), conn
 
 
@@ -203,7 +205,7 @@ def bench_keyword(db: Path, repeat: int) -> None:
         n = conn.execute("SELECT count(*) FROM photos_fts WHERE photos_fts MATCH ?", (f'"{word}"',)).fetchone()[0]
         print(f"  matches for {word!r}: {n} ({100 * n / total:.2f}%)")
     classes = dict(QUERIES)
-    if finder_module is not None:
+    if search_module is not None:
         classes["with filters"] = FILTERED
     for label, queries in classes.items():
         times: list[tuple[float, float]] = []
@@ -215,8 +217,8 @@ def bench_keyword(db: Path, repeat: int) -> None:
 def bench_semantic(db: Path, model: str, repeat: int) -> None:
     from phototag.config import SearchSettings
     from phototag.embeddings import load_embedder, model_id, query_vector
-    from phototag.finder import HYBRID, SEMANTIC, Finder, connect, vectors_cache_dir
-    from phototag.search import parse_query
+    from phototag.query import parse_query
+    from phototag.search import HYBRID, SEMANTIC, Finder, connect, vectors_cache_dir
     from phototag.vectors import VectorStore
 
     conn = connect(db)
@@ -269,7 +271,7 @@ def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
     script = Path(sys.executable).parent / "phototag"
     if script.exists():
         commands["phototag (console script)"] = [str(script)]
-    keyword = ["search", "beach"] if finder_module is None else ["search", "--mode", "keyword", "beach"]
+    keyword = ["search", "beach"] if search_module is None else ["search", "--mode", "keyword", "beach"]
     for name, argv in commands.items():
         times = cold_runs([*argv, *keyword], env, runs)
         print(f"  {name + ' ' + ' '.join(keyword):<60} median {statistics.median(times):6.0f} ms   "
@@ -280,7 +282,7 @@ def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
                     if any(f" {m}" in line for m in ("torch", "transformers", "sentence_transformers",
                                                       "numpy", "sqlalchemy"))})
     print(f"  heavy modules imported by a keyword search: {', '.join(heavy) or 'none'}")
-    if not model or finder_module is None:
+    if not model or search_module is None:
         return
     argv = [sys.executable, "-m", "phototag", "search", "--mode", "semantic", "puppy at the seaside"]
     times = cold_runs(argv, env, runs)
@@ -324,7 +326,7 @@ def main() -> None:
 
     print(f"phototag {phototag.__version__} from {Path(phototag.__file__).parent}; python {sys.version.split()[0]}; "
           f"SQLite {sqlite3.sqlite_version}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
-    semantic = finder_module is not None and not args.no_semantic
+    semantic = search_module is not None and not args.no_semantic
     model = embedding_model() if semantic else None
     pool = caption_pool(POOL_SIZE)
     vectors = pool_vectors(pool, args.dir, model) if semantic and model else None

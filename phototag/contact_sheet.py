@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from phototag.finder import SearchHit
+from phototag.search import SearchHit
 
 log = logging.getLogger(__name__)
 

@@ -39,14 +39,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from phototag.finder import Finder, SearchHit, connect
+from phototag.query import Query, parse_query
 
 # Status names and caption sources live in phototag.schema (plain sqlite3 readers need them too);
 # they are re-exported here, where the rest of phototag imports them from.
 from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, MISSING, PENDING
 from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
 from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
-from phototag.search import Query, parse_query
+from phototag.search import Finder, SearchHit, connect
 
 SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from phototag.search import STOP_WORDS, words
+from phototag.query import STOP_WORDS, words
 
 # Words a caption model says that describe nothing in the photo: framing, counting, postures,
 # prepositions and helper verbs ("a dog sitting next to a cat" -> dog, cat).

@@ -1,7 +1,7 @@
 """Names and settings every reader of the index shares: row statuses, caption sources, the busy timeout.
 
 Standard library only, so the SQLAlchemy index (:mod:`phototag.index`), the plain-sqlite3 search
-(:mod:`phototag.finder`) and the commands all import the same values instead of spelling them again.
+(:mod:`phototag.search`) and the commands all import the same values instead of spelling them again.
 """
 
 from __future__ import annotations

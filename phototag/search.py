@@ -1,195 +1,320 @@
-"""Query text -> a parsed query -> FTS5 expressions.
+"""Answer a parsed query from the index: by keywords, by meaning, or both.
 
-Any text a person types is a valid query: it is split into words (letters and digits), each word is
-quoted before it reaches FTS5, so ``AND``, ``*``, quotes, ``-`` and apostrophes are never FTS syntax.
-Stop words are dropped unless the query has nothing else, so "dog on beach" matches "a dog running
-on the beach". A few forms mean more: ``"exact phrase"``, ``-word`` (exclude), ``tag:word``, and the
-filters ``in:FOLDER``, ``after:DATE`` and ``before:DATE`` (taken date; ``-tag:`` and ``-in:`` exclude).
-The free text as typed (without filters) is what a semantic search embeds.
+- **keyword**: FTS5 bm25 over captions and keywords. Photos with every word come first, then photos
+  with some of them. A very common word can match a fifth of a big library; scoring all of those is
+  what makes a search slow, so bm25 ranks at most :data:`RANK_CAP` matches of one expression, the most
+  recently indexed. Short captions are alike: for a word that common, the best of 10,000
+  matches score as high as the best of all of them.
+- **semantic**: cosine similarity between the query's sentence embedding and each caption's, by a
+  chunked scan of a memory-mapped copy of the vectors (:mod:`phototag.vectors`).
+- **hybrid**: reciprocal rank fusion of the two lists (each photo scores sum(1 / (60 + rank))).
+
+Filters (``in:``, ``after:``, ``before:``, ``tag:``, ``"phrase"``, ``-word``) restrict every mode.
+Plain :mod:`sqlite3`, no SQLAlchemy, torch or numpy at import time, so ``phototag search`` by
+keywords starts fast.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, replace
-from datetime import date
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-STOP_WORDS = frozenset(
-    """a an and are as at be but by for from has have he her his i in into is it its me my of on onto or
-    our she that the their them there these they this those to up was we were what when where which who
-    with you your""".split()
-)
+from phototag.query import Query
+from phototag.schema import BUSY_TIMEOUT_S, DONE
 
-FIELDS = ("tag", "in", "after", "before")
+if TYPE_CHECKING:
+    import numpy as np
 
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
-_TOKEN = re.compile(r'(-?)(?:([A-Za-z]+):(?!//))?(?:"([^"]*)"?|(\S+))', re.UNICODE)
-_DATE = re.compile(r"(\d{4})(?:[-/.](\d{1,2})(?:[-/.](\d{1,2}))?)?")
+    from phototag.vectors import VectorStore
 
+log = logging.getLogger(__name__)
 
-class QueryError(ValueError):
-    """A query that cannot mean anything (for example an unknown ``field:``)."""
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` (apostrophes inside a word are dropped: "dog's" -> "dogs")."""
-    return [re.sub(r"['’]", "", w).lower() for w in _WORD.findall(text)]
-
-
-def _quote(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
+KEYWORD, SEMANTIC, HYBRID = "keyword", "semantic", "hybrid"
+MODES = (KEYWORD, SEMANTIC, HYBRID)
+RANK_CAP = 10_000
+RANK_CAP_FILTERED = 2_000  # with a filter that keeps many photos (each match costs a row lookup)
+FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (from its index alone)
+FEW_KEPT_SEMANTIC = 20_000  # ... for search by meaning: more than this pass often enough to check later
+RRF_K = 60
 
 
-def parse_date(value: str, field: str) -> str:
-    """``2024``, ``2024-06`` or ``2024-06-01`` -> ``"2024-06-01"`` (a year or month means its first day)."""
-    match = _DATE.fullmatch(value.strip())
-    if match is None:
-        raise QueryError(f"{field}:{value}: not a date; use YYYY, YYYY-MM or YYYY-MM-DD")
-    year, month, day = int(match[1]), int(match[2] or 1), int(match[3] or 1)
-    try:
-        return date(year, month, day).isoformat()
-    except ValueError:
-        raise QueryError(f"{field}:{value}: no such date") from None
-
-
-def folder_prefix(value: str) -> str:
-    """An ``in:`` folder as an absolute path prefix ending in the separator (``~`` expanded)."""
-    return os.path.abspath(os.path.expanduser(value)).rstrip(os.sep) + os.sep
+class SearchError(Exception):
+    """The search cannot run (e.g. no vectors for semantic search); the message says what to do."""
 
 
 @dataclass(frozen=True)
-class Query:
-    terms: tuple[str, ...] = ()
-    phrases: tuple[tuple[str, ...], ...] = ()
-    excluded: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    excluded_tags: tuple[str, ...] = ()
-    folders: tuple[str, ...] = ()  # absolute prefixes ending in os.sep: the photo is under any of them
-    excluded_folders: tuple[str, ...] = ()
-    after: str | None = None  # taken on this ISO date or later
-    before: str | None = None  # taken before this ISO date
-    text: str = ""  # the free text as typed, without filters: what semantic search embeds
+class SearchHit:
+    path: str
+    caption: str
+    score: float
+    caption_source: str | None
+    taken_at: str | None = None
+    photo_id: int = 0
 
-    @property
-    def is_empty(self) -> bool:
-        """Nothing to rank by (filters alone may still select photos)."""
-        return not (self.terms or self.phrases or self.tags)
-
-    @property
-    def has_filters(self) -> bool:
-        return bool(self.phrases or self.tags or self.excluded or self.excluded_tags or self.folders
-                    or self.excluded_folders or self.after or self.before)
-
-    def _required(self) -> list[str]:
-        parts = [_quote(" ".join(p)) for p in self.phrases if p]
-        parts += [f"keywords : {_quote(t)}" for t in self.tags]
-        return parts
-
-    def _exclusions(self) -> list[str]:
-        return [_quote(t) for t in self.excluded] + [f"keywords : {_quote(t)}" for t in self.excluded_tags]
-
-    def _with_exclusions(self, positive: str) -> str:
-        excluded = self._exclusions()
-        if not excluded:
-            return positive
-        return f"({positive}) NOT ({' OR '.join(excluded)})"
-
-    def required_expression(self) -> str | None:
-        """FTS5 expression every result must match whatever the ranking (phrases and tags), or None."""
-        parts = self._required()
-        return " AND ".join(parts) if parts else None
-
-    def excluded_expression(self) -> str | None:
-        """FTS5 expression no result may match (``-word``, ``-tag:``), or None."""
-        excluded = self._exclusions()
-        return " OR ".join(excluded) if excluded else None
-
-    def all_words(self) -> str | None:
-        """FTS5 expression matching photos that have every term (and phrase, and tag)."""
-        parts = self._required() + [_quote(t) for t in self.terms]
-        if not parts:
-            return None
-        return self._with_exclusions(" AND ".join(parts))
-
-    def any_words(self) -> str | None:
-        """FTS5 expression matching photos that have at least one term (plus all phrases and tags)."""
-        if len(self.terms) < 2:
-            return None
-        parts = self._required() + ["(" + " OR ".join(_quote(t) for t in self.terms) + ")"]
-        return self._with_exclusions(" AND ".join(parts))
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "caption": self.caption,
+            "score": self.score,
+            "source": self.caption_source,
+            "taken_at": self.taken_at,
+        }
 
 
-def parse_query(text: str) -> Query:
-    terms: list[str] = []
-    phrases: list[tuple[str, ...]] = []
-    excluded: list[str] = []
-    tags: list[str] = []
-    excluded_tags: list[str] = []
-    folders: list[str] = []
-    excluded_folders: list[str] = []
-    after: list[str] = []
-    before: list[str] = []
-    free_text: list[str] = []
-    for match in _TOKEN.finditer(text):
-        negate, name, quoted, bare = match.groups()
-        value = quoted if quoted is not None else bare
-        if name is not None:
-            key = name.lower()
-            if key not in FIELDS:
-                raise QueryError(f"unknown field '{name}:'; known fields: {', '.join(f + ':' for f in FIELDS)}")
-            if key == "tag":
-                (excluded_tags if negate else tags).extend(words(value))
-            elif key == "in" and value.strip():
-                (excluded_folders if negate else folders).append(folder_prefix(value.strip()))
-            elif key in ("after", "before") and value.strip():
-                if negate:
-                    raise QueryError(f"-{key}: is not a filter; use {'before' if key == 'after' else 'after'}:")
-                (after if key == "after" else before).append(parse_date(value, key))
-            continue
-        found = words(value)
-        if negate:
-            excluded.extend(found)
-            continue
-        if quoted is not None and len(found) > 1:
-            phrases.append(tuple(found))
-        else:
-            terms.extend(found)
-        if found:
-            free_text.append(value.strip())
-    content = [t for t in terms if t not in STOP_WORDS]
-    if content or phrases or tags:
-        terms = content
-    return Query(
-        terms=tuple(dict.fromkeys(terms)),
-        phrases=tuple(phrases),
-        excluded=tuple(dict.fromkeys(excluded)),
-        tags=tuple(dict.fromkeys(tags)),
-        excluded_tags=tuple(dict.fromkeys(excluded_tags)),
-        folders=tuple(dict.fromkeys(folders)),
-        excluded_folders=tuple(dict.fromkeys(excluded_folders)),
-        after=max(after) if after else None,
-        before=min(before) if before else None,
-        text=" ".join(free_text),
-    )
+def _has_search_schema(conn: sqlite3.Connection) -> bool:
+    """Whether the index has what this module reads (asked of the schema, not of a version number)."""
+    has_vectors = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'photo_embeddings'").fetchone()
+    return bool(has_vectors) and any(row[1] == "taken_at" for row in conn.execute("PRAGMA table_info(photos)"))
 
 
-def with_filters(
-    query: Query,
-    *,
-    folders: tuple[str, ...] = (),
-    after: str | None = None,
-    before: str | None = None,
-    tags: tuple[str, ...] = (),
-) -> Query:
-    """``query`` with filters given as command-line flags added (same meaning as in the query text)."""
-    added_tags = [w for tag in tags for w in words(tag)]
-    afters = [d for d in (query.after, after and parse_date(after, "after")) if d]
-    befores = [d for d in (query.before, before and parse_date(before, "before")) if d]
-    return replace(
-        query,
-        folders=tuple(dict.fromkeys(query.folders + tuple(folder_prefix(f) for f in folders))),
-        tags=tuple(dict.fromkeys(query.tags + tuple(added_tags))),
-        after=max(afters) if afters else None,
-        before=min(befores) if befores else None,
-    )
+def connect(db: Path) -> sqlite3.Connection:
+    """A connection for searching. An index from an older phototag is upgraded first (once)."""
+    conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    if not _has_search_schema(conn):
+        conn.close()
+        from phototag.index import PhotoIndex  # SQLAlchemy: only on this rare path
+
+        PhotoIndex(db).close()
+        conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    return conn
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    """Paths starting with ``prefix`` (which ends in a separator) are >= low and < high."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _in_list(values: Iterable[int]) -> str:
+    return json.dumps([int(v) for v in values])
+
+
+class Finder:
+    """Runs queries against one index connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- filters ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _sql_filter(query: Query) -> tuple[str, list[Any]]:
+        """Conditions on ``photos p`` for ``in:``, ``-in:``, ``after:``, ``before:`` ("" when none)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.folders:
+            ranges = []
+            for prefix in query.folders:
+                ranges.append("(p.path >= ? AND p.path < ?)")
+                params += _prefix_range(prefix)
+            clauses.append("(" + " OR ".join(ranges) + ")")
+        for prefix in query.excluded_folders:
+            clauses.append("NOT (p.path >= ? AND p.path < ?)")
+            params += _prefix_range(prefix)
+        if query.after:
+            clauses.append("p.taken_at >= ?")
+            params.append(query.after)
+        if query.before:
+            clauses.append("p.taken_at < ?")
+            params.append(query.before)
+        return " AND ".join(clauses), params
+
+    def _filter_conditions(self, query: Query, *, check_only: bool = False) -> tuple[str, list[Any]]:
+        """Conditions on ``photos p``: done, and passing every filter of ``query``; and their parameters.
+        ``check_only``: the rows come from elsewhere (a candidate list): never let SQLite drive the
+        query by a filter's matches instead."""
+        where, params = self._sql_filter(query)
+        required, excluded = query.required_expression(), query.excluded_expression()
+        sql = "+p.status = ?"  # "+": never drive a search by the status index (nearly every row is done)
+        args: list[Any] = [DONE]
+        if where:
+            sql += " AND " + where
+            args += params
+        plus = "+" if check_only else ""
+        if required:
+            sql += f" AND {plus}p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            args.append(required)
+        if excluded:
+            sql += f" AND {plus}p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            args.append(excluded)
+        return sql, args
+
+    # -- keyword ---------------------------------------------------------------------------------
+
+    def _restriction(self, where: str, params: list[Any]) -> tuple[str, list[Any], int]:
+        """How an FTS query keeps only photos passing ``where``, and its rank cap.
+
+        A filter that keeps few photos is materialised once and probed per match; one that keeps many
+        is checked per match, newest first, stopping after a smaller cap of ranked matches (each check
+        is a row lookup). ``+`` keeps SQLite from driving the search by the status index or by rowid.
+        """
+        if not where:
+            return "", [], RANK_CAP
+        kept = self.conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM photos p WHERE {where} LIMIT ?)", [*params, FEW_KEPT]
+        ).fetchone()[0]
+        if kept < FEW_KEPT:  # answered from the path or date index alone; status is checked after ranking
+            return f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
+        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})",
+                params, RANK_CAP_FILTERED)
+
+    def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
+        """Up to ``want`` done photos matching ``expression``, best bm25 first, among the newest matches
+        (at most RANK_CAP of them: see the module docstring). One pass: FTS5 walks the matches newest
+        first and scores only those inside the window."""
+        restrict, args, cap = self._restriction(where, params)
+        fetch = want
+        while True:
+            ranked = self.conn.execute(
+                "SELECT rowid, score FROM (SELECT rowid, bm25(photos_fts) AS score FROM photos_fts "
+                "WHERE photos_fts MATCH ?" + restrict + " ORDER BY rowid DESC LIMIT ?) "
+                "ORDER BY score, rowid DESC LIMIT ?",
+                [expression, *args, max(cap, 4 * want), fetch],
+            ).fetchall()
+            done = self._done_ids(rowid for rowid, _ in ranked)
+            hits = [(rowid, -score) for rowid, score in ranked if rowid in done]
+            if len(hits) >= want or len(ranked) < fetch:
+                return hits[:want]
+            fetch *= 4  # pending rows (captions being written) took places: look further
+
+    def _done_ids(self, ids: Iterable[int]) -> set[int]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT id FROM photos WHERE id IN (SELECT value FROM json_each(?)) AND +status = ?",
+            (_in_list(ids), DONE))}
+
+    def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]:
+        """(photo id, score) best first: photos with every word, then photos with some of them."""
+        where, params = self._sql_filter(query)
+        ranking: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for expression in (query.all_words(), query.any_words()):
+            if expression is None or len(ranking) >= want:
+                continue
+            for photo_id, score in self._bm25(expression, where, params, want):
+                if photo_id not in seen and len(ranking) < want:
+                    seen.add(photo_id)
+                    ranking.append((photo_id, score))
+        return ranking
+
+    # -- semantic --------------------------------------------------------------------------------
+
+    def semantic_ranking(
+        self, query: Query, store: VectorStore, vector: np.ndarray, want: int, min_similarity: float = -1.0
+    ) -> list[tuple[int, float]]:
+        """(photo id, cosine) best first, among photos passing the query's filters, down to ``min_similarity``.
+
+        Candidates come best first in growing windows; each window is checked against the index (the
+        vector still current, the photo done and passing the filters). A filter that keeps few photos
+        is applied before scoring instead, so the windows are not spent on photos it rejects.
+        """
+        conditions, args = self._filter_conditions(query)
+        allowed = None
+        if query.folders or query.after or query.before or query.required_expression():
+            kept = [r[0] for r in self.conn.execute(
+                f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT_SEMANTIC])]
+            if not kept:
+                return []
+            if len(kept) < FEW_KEPT_SEMANTIC:
+                import numpy as np
+
+                allowed = np.array(kept, dtype=np.int64)
+        conditions, args = self._filter_conditions(query, check_only=True)
+        ranking: list[tuple[int, float]] = []
+        checked = stale = 0
+        for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
+            seqs = _in_list(seq for seq, _, _ in window)
+            live = {r[0] for r in self.conn.execute(
+                "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
+                f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}", [seqs, *args])}
+            if not query.has_filters:  # without filters, a vector no longer in the index is stale
+                checked += len(window)
+                # (a missing or pending photo's vector is not: rebuilding the copy would bring it back)
+                stale += len(window) - self.conn.execute(
+                    "SELECT count(*) FROM photo_embeddings WHERE seq IN (SELECT value FROM json_each(?))",
+                    [seqs]).fetchone()[0]
+            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
+            if len(ranking) >= want:
+                break
+        if stale > max(checked // 4, 64):
+            store.invalidate()  # so many replaced or deleted vectors met: rebuilt on the next search
+        return ranking[:want]
+
+    # -- both ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def fuse(*rankings: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Reciprocal rank fusion: a photo high in either list, or fairly high in both, wins."""
+        scores: dict[int, float] = {}
+        for ranking in rankings:
+            for rank, (photo_id, _) in enumerate(ranking, start=1):
+                scores[photo_id] = scores.get(photo_id, 0.0) + 1.0 / (RRF_K + rank)
+        return sorted(scores.items(), key=lambda item: -item[1])
+
+    def filtered(self, query: Query, want: int) -> list[tuple[int, float]]:
+        """No words to rank by, only filters: the matching photos, most recently taken first."""
+        conditions, args = self._filter_conditions(query)
+        sql = (f"SELECT p.id FROM photos p WHERE {conditions} "
+               "ORDER BY p.taken_at IS NULL, p.taken_at DESC, p.id DESC LIMIT ?")
+        return [(r[0], 0.0) for r in self.conn.execute(sql, [*args, want])]
+
+    def search(
+        self,
+        query: Query,
+        *,
+        mode: str = KEYWORD,
+        limit: int = 20,
+        store: VectorStore | None = None,
+        embed: Callable[[str], np.ndarray] | None = None,
+        min_similarity: float = -1.0,
+    ) -> list[SearchHit]:
+        """Best-first hits. ``store`` and ``embed`` (query text -> unit vector) serve semantic and hybrid;
+        captions less similar than ``min_similarity`` to the query are no match by meaning."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if query.is_empty and not query.text:
+            if not query.has_filters:
+                return []
+            return self.hits(self.filtered(query, limit))
+        if mode == KEYWORD or not query.text:
+            return self.hits(self.keyword_ranking(query, limit))
+        if store is None or embed is None:
+            raise SearchError("semantic search needs caption vectors and an embedding model")
+        vector = embed(query.text)
+        if mode == SEMANTIC:
+            return self.hits(self.semantic_ranking(query, store, vector, limit, min_similarity))
+        depth = max(100, 2 * limit)
+        fused = self.fuse(self.keyword_ranking(query, depth),
+                          self.semantic_ranking(query, store, vector, depth, min_similarity))
+        return self.hits(fused[:limit])
+
+    def hits(self, ranking: Sequence[tuple[int, float]]) -> list[SearchHit]:
+        if not ranking:
+            return []
+        rows = {r[0]: r for r in self.conn.execute(
+            "SELECT id, path, caption, caption_source, taken_at FROM photos "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (_in_list(pid for pid, _ in ranking),))}
+        return [
+            SearchHit(rows[pid][1], rows[pid][2] or "", score, rows[pid][3], rows[pid][4], pid)
+            for pid, score in ranking
+            if pid in rows
+        ]
+
+
+def vectors_cache_dir() -> Path:
+    from phototag.config import data_dir
+
+    return data_dir() / "vectors"
+
+
+def has_vectors(conn: sqlite3.Connection, model: str) -> bool:
+    return conn.execute("SELECT 1 FROM photo_embeddings WHERE model = ? LIMIT 1", (model,)).fetchone() is not None
+
+
+def vector_models(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT model FROM photo_embeddings")]
+

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from phototag.contact_sheet import Thumbnails, write_contact_sheet
-from phototag.finder import SearchHit
 from phototag.metadata import ExifToolSession
+from phototag.search import SearchHit
 from tests.conftest import copy_from_corpus
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from phototag.keywords import FILLER, keywords_from_caption, singular
-from phototag.search import STOP_WORDS
+from phototag.query import STOP_WORDS
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from phototag import finder, index, schema
+from phototag import index, schema, search
 from phototag.index import PhotoIndex
 from tests.conftest import REPO
 
@@ -18,7 +18,7 @@ def test_every_index_reader_waits_the_same_busy_timeout(tmp_path: Path) -> None:
     with photo_index.engine.connect() as conn:
         through_sqlalchemy = conn.execute(text("PRAGMA busy_timeout")).scalar()
     photo_index.close()
-    plain = finder.connect(db)
+    plain = search.connect(db)
     try:
         through_sqlite3 = plain.execute("PRAGMA busy_timeout").fetchone()[0]
     finally:
@@ -28,7 +28,7 @@ def test_every_index_reader_waits_the_same_busy_timeout(tmp_path: Path) -> None:
 
 def test_status_names_are_spelled_once() -> None:
     assert (index.PENDING, index.DONE, index.FAILED, index.MISSING) == schema.STATUSES
-    assert finder.DONE is schema.DONE and index.SOURCE_HUMAN is schema.SOURCE_HUMAN
+    assert search.DONE is schema.DONE and index.SOURCE_HUMAN is schema.SOURCE_HUMAN
     # no module but schema.py spells a status name or a busy timeout in code (SQL included)
     literal = re.compile(r"""(["'])(pending|done)\1|status\s*=\s*'|busy_timeout\s*=\s*\d|timeout=10""")
     offenders = [

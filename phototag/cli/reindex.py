@@ -101,7 +101,7 @@ def _embeddings(index: PhotoIndex, model: str, progress_on: bool) -> None:
 
 def _warm_vector_cache(db: Path, model: str) -> None:
     """Copy the vectors for searching now, so the first search does not wait for it."""
-    from phototag.finder import connect, vectors_cache_dir
+    from phototag.search import connect, vectors_cache_dir
     from phototag.vectors import VectorStore
 
     conn = connect(db)

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phototag.cli import AppContext, pass_app
-from phototag.finder import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchError, SearchHit, connect, has_vectors
-from phototag.search import QueryError, parse_query, with_filters
+from phototag.query import QueryError, parse_query, with_filters
+from phototag.search import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchError, SearchHit, connect, has_vectors
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from phototag.search import Query
+    from phototag.query import Query
     from phototag.vectors import VectorStore
 
 FORMATS = ("paths", "json", "table")
@@ -131,7 +131,7 @@ def _semantic_side(
         return KEYWORD, None, None
     from phototag.embed_socket import default_socket_path
     from phototag.embeddings import EmbeddingError, query_vector
-    from phototag.finder import vectors_cache_dir
+    from phototag.search import vectors_cache_dir
     from phototag.vectors import VectorStore
 
     store = VectorStore(conn, db, key, vectors_cache_dir())
@@ -150,7 +150,7 @@ def _semantic_side(
 
 
 def _hint_other_models(conn: sqlite3.Connection, model: str) -> None:
-    from phototag.finder import vector_models
+    from phototag.search import vector_models
 
     others = vector_models(conn)
     if others:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phototag import finder as finder_module
+from phototag import search as search_module
 from phototag.embeddings import store_vectors
-from phototag.finder import HYBRID, KEYWORD, SEMANTIC, Finder, connect
 from phototag.index import DONE, PENDING, Photo, PhotoIndex
 from phototag.keywords import keywords_from_caption
-from phototag.search import parse_query
+from phototag.query import parse_query
+from phototag.search import HYBRID, KEYWORD, SEMANTIC, Finder, connect
 from phototag.vectors import VectorStore
 
 MODEL = "test-model"
@@ -62,7 +62,7 @@ def test_rank_cap_ranks_the_newest_matches(index: PhotoIndex, monkeypatch: pytes
     for i in range(40):
         add(index, f"/p/{i:02d}.jpg", f"a long caption about a beach and number {i} with some more words")
     assert search(index, "beach", limit=3)[0] == "/p/best.jpg"
-    monkeypatch.setattr(finder_module, "RANK_CAP", 5)
+    monkeypatch.setattr(search_module, "RANK_CAP", 5)
     capped = search(index, "beach", limit=3)
     assert len(capped) == 3 and "/p/best.jpg" not in capped  # ranked among the newest max(cap, 4 * limit)
     assert len(search(index, "beach", limit=30)) == 30  # a cap never cuts below what was asked for

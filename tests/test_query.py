@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from phototag.keywords import keywords_from_caption, singular
-from phototag.search import QueryError, parse_query, with_filters, words
+from phototag.query import QueryError, parse_query, with_filters, words
 
 
 def test_stop_words_do_not_hide_results() -> None:
