@@ -9,7 +9,7 @@ never pays for it. The model is a hub id or a local folder (``[search] embedding
   indexed, in batches, so the captioning model never waits for it.
 - :func:`embed_missing` fills in vectors for an existing index (``phototag reindex --embeddings``).
 - :func:`query_vector` embeds a query: by a running daemon when one answers on its socket
-  (:mod:`phototag.embed_socket`), else torch-free (:mod:`phototag.bert_numpy`) where the model
+  (:mod:`phototag.embed_socket`), else torch-free (:mod:`phototag.query_encoder`) where the model
   allows, else by loading the model here.
 """
 
@@ -319,9 +319,9 @@ def query_vector(model_name: str, query: str, *, socket_path: Path | None = None
             return vector
     key = model_id(model_name)
     if key not in _query_embedders:
-        from phototag import bert_numpy
+        from phototag import query_encoder
 
-        _query_embedders[key] = bert_numpy.load(model_name)
+        _query_embedders[key] = query_encoder.load(model_name)
     light = _query_embedders[key]
     if light is not None:
         return light.encode(query)

@@ -28,7 +28,7 @@ from typing import Any
 
 from phototag.captioner import Captioner
 from phototag.config import Settings
-from phototag.daemon import DaemonLock, write_state
+from phototag.daemon_state import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex
 from phototag.metadata import TEMP_MARKER, ExifToolSession

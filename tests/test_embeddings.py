@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phototag import bert_numpy
+from phototag import query_encoder
 from phototag.embeddings import Embedder, EmbeddingError, EmbedWorker, load_embedder, model_id, query_vector
 from phototag.index import DONE, Photo, PhotoIndex
 
@@ -19,7 +19,7 @@ TEXTS = ["puppy at the seaside", "food", "a dog running on the beach", "Ünïcø
 
 
 def test_numpy_query_vectors_equal_sentence_transformers(minilm: Path) -> None:
-    light = bert_numpy.load(str(minilm))
+    light = query_encoder.load(str(minilm))
     assert light is not None
     reference = load_embedder(str(minilm)).encode(TEXTS)
     for text, expected in zip(TEXTS, reference, strict=True):
@@ -33,13 +33,13 @@ def test_only_bert_mean_pooling_models_take_the_numpy_path(minilm: Path, tmp_pat
     copy = tmp_path / "model"
     shutil.copytree(minilm, copy, ignore=shutil.ignore_patterns("model.safetensors"))
     (copy / "model.safetensors").symlink_to(minilm / "model.safetensors")
-    assert bert_numpy.supported(copy)
+    assert query_encoder.supported(copy)
     pooling = copy / "1_Pooling" / "config.json"
     config = json.loads(pooling.read_text())
     pooling.write_text(json.dumps(config | {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
-    assert not bert_numpy.supported(copy) and bert_numpy.load(str(copy)) is None
-    assert bert_numpy.model_folder("nobody/no-such-model") is None
-    assert bert_numpy.model_folder(str(copy)) == copy
+    assert not query_encoder.supported(copy) and query_encoder.load(str(copy)) is None
+    assert query_encoder.model_folder("nobody/no-such-model") is None
+    assert query_encoder.model_folder(str(copy)) == copy
 
 
 def test_loading_errors_are_one_line(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import phototag.index
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.cli import main
 from phototag.config import Settings, WatchSettings
-from phototag.daemon import daemon_status
+from phototag.daemon_state import daemon_status
 from phototag.embeddings import Embedder
 from phototag.failures import MAX_TRIES
 from phototag.index import PhotoIndex

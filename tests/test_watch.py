@@ -31,7 +31,7 @@ from sqlalchemy import select
 from phototag.captioner import Captioner
 from phototag.cli import main
 from phototag.config import ModelSettings, Settings, WatchSettings
-from phototag.daemon import AlreadyRunning, DaemonLock, daemon_status
+from phototag.daemon_state import AlreadyRunning, DaemonLock, daemon_status
 from phototag.index import Photo, PhotoIndex
 from phototag.metadata import TEMP_MARKER, ExifToolSession
 from phototag.pipeline import Pipeline

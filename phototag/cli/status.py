@@ -10,7 +10,7 @@ import click
 
 from phototag import last_run
 from phototag.cli import AppContext, pass_app
-from phototag.daemon import daemon_status
+from phototag.daemon_state import daemon_status
 from phototag.failures import MAX_TRIES, TRANSIENT
 from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
 

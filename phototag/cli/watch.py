@@ -45,7 +45,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
       systemctl --user enable --now phototag   # see contrib/phototag.service
     """
     from phototag.cli.options import open_index
-    from phototag.daemon import AlreadyRunning, DaemonLock
+    from phototag.daemon_state import AlreadyRunning, DaemonLock
     from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
     from phototag.watch import WatchDaemon
 
