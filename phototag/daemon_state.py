@@ -1,7 +1,11 @@
-"""Daemon bookkeeping: one ``phototag watch`` per index, and the state file ``phototag status`` reads.
+"""Who writes an index: one writing phototag at a time, one ``phototag watch`` per index, and the
+state file ``phototag status`` reads.
 
-Both files live beside the index:
+The files live beside the index:
 
+- ``<index>.writer.lock`` holds an exclusive ``flock`` while any command that writes the index or photos
+  runs (backfill, restore, reindex, watch) and names it (pid and command), so a second writer refuses
+  with one line saying who to stop. Dry runs and read-only commands (search, show, status) never take it.
 - ``<index>.daemon.lock`` holds an exclusive ``flock`` while a daemon runs. The kernel drops the lock
   when the process dies, even on SIGKILL, so a dead daemon never blocks the next one.
 - ``<index>.daemon.json`` is the daemon's state (pid, folders, queue length, last error), rewritten
@@ -23,56 +27,71 @@ from typing import IO, Any
 
 
 class AlreadyRunning(Exception):
-    """Another daemon holds the index; the message says which one."""
+    """Another phototag (a daemon, a backfill...) is writing the index; the message says which one and
+    what to do."""
 
 
 def lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".daemon.lock")
 
 
-def state_path(db: Path) -> Path:
-    return db.with_name(db.name + ".daemon.json")
+def writer_lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".writer.lock")
 
 
-class DaemonLock:
-    """The exclusive lock that keeps two daemons off one index."""
+def _flock_exclusive(path: Path, wait: float) -> IO[str] | None:
+    """An open handle holding an exclusive flock on ``path``, or None if another process holds it for
+    longer than ``wait`` seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                handle.close()
+                raise
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.05)
 
-    def __init__(self, db: Path) -> None:
-        self.path = lock_path(db)
+
+def _stamp(handle: IO[str], text: str) -> None:
+    """Replace the lock file's content (who holds it) in one write."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
+
+
+class WriterLock:
+    """The exclusive lock that keeps two writing phototags (of any command) off one index.
+
+    The lock file names its holder (``pid`` and command line), so the refusal can say whom to stop. The
+    kernel drops the lock when the holder dies, even on SIGKILL: a crashed run never blocks the next.
+    """
+
+    def __init__(self, db: Path, command: str) -> None:
+        self.db = db
+        self.path = writer_lock_path(db)
+        self.command = command
         self._handle: IO[str] | None = None
 
     @property
     def held(self) -> bool:
         return self._handle is not None
 
-    def acquire(self, wait: float = 1.0) -> None:
-        """Take the lock (no-op if held) or raise AlreadyRunning. ``wait`` covers a ``phototag status``
-        peeking at it."""
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock (no-op if held) or raise AlreadyRunning naming the holder."""
         if self.held:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    handle.close()
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    pid = _read_pid(self.path)
-                    who = f" (pid {pid})" if pid else ""
-                    raise AlreadyRunning(
-                        f"another phototag watch{who} is already running on the index {self.path.parent}; "
-                        "stop it first (phototag status shows it)"
-                    ) from None
-                time.sleep(0.05)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        handle = _flock_exclusive(self.path, wait)
+        if handle is None:
+            raise AlreadyRunning(refusal(self.db, *writer_holder(self.db)))
+        _stamp(handle, f"{os.getpid()}\n{self.command}\n")
         self._handle = handle
 
     def release(self) -> None:
@@ -80,6 +99,88 @@ class DaemonLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def writer_holder(db: Path) -> tuple[int | None, str]:
+    """(pid, command) of the process holding the writer lock, as it wrote them. A holder stamps the file
+    right after locking it: a reader arriving in between briefly sees it empty, so it looks again."""
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            lines = writer_lock_path(db).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        if lines or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    try:
+        pid = int(lines[0]) if lines else None
+    except ValueError:
+        pid = None
+    return pid, (lines[1] if len(lines) > 1 and lines[1] else "another phototag")
+
+
+def refusal(db: Path, pid: int | None, command: str) -> str:
+    """The one line a second writer gets: who writes the index, and how to stop it."""
+    who = f"{command} (pid {pid})" if pid else command
+    if command.startswith("phototag watch"):
+        kill = f", or kill {pid}" if pid else ""
+        advice = f"stop it first (systemctl --user stop phototag{kill}) and run this again"
+    else:
+        advice = "wait for it to finish or stop it" + (f" (kill {pid})" if pid else "") + ", then run this again"
+    return f"{who} is already running on the index {db}; {advice}"
+
+
+def state_path(db: Path) -> Path:
+    return db.with_name(db.name + ".daemon.json")
+
+
+class DaemonLock:
+    """The exclusive lock that keeps two daemons off one index. A daemon is a writer: it takes the
+    index's writer lock first (so no backfill, restore or reindex runs beside it), then this one, which
+    ``phototag status`` peeks at to tell whether a daemon runs."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.path = lock_path(db)
+        self.writer = WriterLock(db, "phototag watch")
+        self._handle: IO[str] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def acquire(self, wait: float = 1.0) -> None:
+        """Take the writer lock, then the daemon lock (no-op if held), or raise AlreadyRunning. ``wait``
+        covers a ``phototag status`` peeking at the daemon lock."""
+        if self.held:
+            return
+        self.writer.acquire()
+        try:
+            handle = _flock_exclusive(self.path, wait)
+        except BaseException:
+            self.writer.release()
+            raise
+        if handle is None:  # cannot happen while every daemon takes the writer lock first; kept for old ones
+            self.writer.release()
+            pid = _read_pid(self.path)
+            raise AlreadyRunning(refusal(self.db, pid, "phototag watch"))
+        _stamp(handle, f"{os.getpid()}\n")
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+        self.writer.release()
 
 
 def _read_pid(path: Path) -> int | None:

@@ -1,10 +1,11 @@
 """The SQLite index: one row per photo, FTS5 over captions, and the queries the CLI needs.
 
 The index is also the persistent work queue: a photo is ``pending`` until its metadata write has
-succeeded, then ``done`` (or ``failed`` with a one-line reason). A ``pending`` row that already
-carries a caption is a write that was planned but may not have happened; the pipeline checks the file
-before trusting it. A photo no longer on disk is ``missing`` (see :mod:`phototag.sweep`): its row
-keeps everything, for when the photo comes back.
+succeeded, then ``done`` (or ``failed`` with a one-line reason); ``restored`` once ``phototag restore``
+put back what it said before phototag (kept, so that backfill and watch leave it alone while unchanged).
+A ``pending`` row that already carries a caption is a write that was planned but may not have
+happened; the pipeline checks the file before trusting it. A photo no longer on disk is ``missing``
+(see :mod:`phototag.sweep`): its row keeps everything, for when the photo comes back.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ from phototag.query import Query, parse_query
 
 # Status names and caption sources live in phototag.schema (plain sqlite3 readers need them too);
 # they are re-exported here, where the rest of phototag imports them from.
-from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, MISSING, PENDING
+from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, MISSING, PENDING, RESTORED
 from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
 from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
 from phototag.search import Finder, SearchHit, connect
 
-SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries
+SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries,
+# mtime_before_write_ns
 
 
 class Base(DeclarativeBase):
@@ -84,6 +86,9 @@ class Photo(Base):
     taken_at: Mapped[str | None] = mapped_column(String, nullable=True)
     # When a sweep found the photo gone (status ``missing``); None otherwise.
     missing_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The file's mtime when phototag first planned it, before any write of its own changed it: the
+    # taken date of a photo without EXIF date (kept across rewrites and restores).
+    mtime_before_write_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         SqlIndex("ix_photos_status", "status"),
@@ -115,6 +120,7 @@ class Photo(Base):
             "updated_at": self.updated_at,
             "taken_at": self.taken_at,
             "missing_since": self.missing_since,
+            "mtime_before_write_ns": self.mtime_before_write_ns,
         }
 
 
@@ -178,6 +184,8 @@ def _migrate(conn: Any) -> None:
         conn.execute(text("ALTER TABLE photos ADD COLUMN failure_kind VARCHAR"))
     if columns and "tries" not in columns:
         conn.execute(text("ALTER TABLE photos ADD COLUMN tries INTEGER NOT NULL DEFAULT 0"))
+    if columns and "mtime_before_write_ns" not in columns:
+        conn.execute(text("ALTER TABLE photos ADD COLUMN mtime_before_write_ns INTEGER"))
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -289,7 +297,7 @@ class PhotoIndex:
     def counts(self) -> dict[str, int]:
         with self.session() as session:
             rows = session.execute(select(Photo.status, func.count()).group_by(Photo.status)).all()
-        counts = {PENDING: 0, DONE: 0, FAILED: 0, MISSING: 0}
+        counts = {PENDING: 0, DONE: 0, FAILED: 0, MISSING: 0, RESTORED: 0}
         counts.update({status: n for status, n in rows})
         return counts
 
@@ -374,8 +382,28 @@ def iter_rows(index: PhotoIndex, paths: Sequence[Path] | None = None, batch: int
 
 
 def forget(index: PhotoIndex, row_id: int) -> None:
-    """Delete one row (after a restore: the next backfill sees the photo as new and reads it afresh)."""
+    """Delete one row (a restored photo that is no longer on disk)."""
     with index.transaction() as session:
         row = session.get(Photo, row_id)
         if row is not None:
             session.delete(row)
+
+
+def mark_restored(index: PhotoIndex, row_id: int, path: Path) -> None:
+    """After a restore: the row keeps the photo (status ``restored``, its size, mtime and hash as
+    restored) but no caption, so search no longer finds it and backfill and watch leave it alone until
+    its content changes. What it said before phototag and when it was taken stay recorded."""
+    try:
+        stat = os.stat(path)
+        digest = content_hash(path)
+    except OSError:
+        stat, digest = None, None
+    with index.transaction() as session:
+        row = session.get(Photo, row_id)
+        if row is None:
+            return
+        row.status, row.failure_reason = RESTORED, None
+        row.caption, row.caption_source, row.keywords = None, None, ""
+        row.model_name, row.prompt, row.written_to, row.captioned_at = None, None, None, None
+        if stat is not None:
+            row.size, row.mtime_ns, row.content_hash = stat.st_size, stat.st_mtime_ns, digest

@@ -37,7 +37,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
 import stat
 import tempfile
 import threading
@@ -65,6 +67,8 @@ __all__ = [
     "RestoreResult",
     "WriteResult",
     "clean_stale_temps",
+    "pid_alive",
+    "temp_owner",
     "is_junk_description",
     "sidecar_for",
     "sidecar_path",
@@ -78,12 +82,20 @@ EXIFTOOL_MISSING = (
 MODES = ("embed", "sidecar", "both")
 SIDECAR_NAMINGS = ("ext", "base")
 TEMP_MARKER = ".phototag-tmp"
-# A temp file this old cannot belong to a write in progress (a write rewrites it continuously, then
-# verifies and renames it within seconds), so it is a crash's leftover. Younger ones may belong to
-# another phototag (a watch daemon) working on the same folder and are left alone.
+# Temp names carry their writer (host, pid, a random part): a temp whose writer is a dead process on
+# this host is a crash's leftover at once. For the others (another host sharing the folder, names from
+# an older phototag) only age tells: a write rewrites its temp continuously, then verifies and renames
+# it within seconds, so one this old is a leftover; a younger one may be another phototag's write.
 STALE_TEMP_SECONDS = 600
-# What temp_path() makes (".NAME.phototag-tmp.EXT"), and exiftool's own temp beside it.
-_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(\.[^.]+)?(_exiftool_tmp)?", re.DOTALL)
+# What temp_path() makes (".NAME.phototag-tmp-HOST-PID-RANDOM.EXT"; older phototags made
+# ".NAME.phototag-tmp.EXT"), and exiftool's own temp beside it.
+_TEMP_NAME = re.compile(
+    r"\..+" + re.escape(TEMP_MARKER) + r"(?:-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8})?"
+    r"(\.[^.]+)?(_exiftool_tmp)?",
+    re.DOTALL,
+)
+# This machine, as temp names say it (a host name can be long and hold dots; 8 hex digits cannot).
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 # Tags phototag may write (ExifTool family-1 group names, as printed with -G1).
 XMP_DESCRIPTION = "XMP-dc:Description"
@@ -353,14 +365,17 @@ def _same_stem_photos(photo: Path) -> list[Path]:
     return found
 
 
-def temp_path(target: Path) -> Path:
-    """Hidden temp file beside ``target`` that keeps its extension (so ExifTool keeps the format)."""
-    name = f".{target.name}{TEMP_MARKER}{target.suffix}"
+def temp_path(target: Path, *, pid: int | None = None, host: str = HOST_TAG) -> Path:
+    """Hidden temp file beside ``target`` that keeps its extension (so ExifTool keeps the format). Its
+    name says who writes it (``host``, ``pid``: this process) plus a random part, so two writers never
+    share a temp, and :func:`clean_stale_temps` can tell a live writer's temp from a dead one's."""
+    owner = f"{TEMP_MARKER}-{host}-{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}"
+    name = f".{target.name}{owner}{target.suffix}"
     # Stay under NAME_MAX with room for exiftool's "_exiftool_tmp"; and give exiftool a name it can
     # take (its argument stream is one name per line).
     if len(os.fsencode(name)) > 240 or _has_line_break(name):
         digest = hashlib.sha1(os.fsencode(target.name)).hexdigest()[:16]
-        name = f".{digest}{TEMP_MARKER}{target.suffix}"
+        name = f".{digest}{owner}{target.suffix}"
     return target.with_name(name)
 
 
@@ -373,12 +388,35 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_NAME.fullmatch(name))
 
 
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """(host tag, pid) of the writer a temp name names; None for other names and older phototags' temps."""
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None or match.group("host") is None:
+        return None
+    return match.group("host"), int(match.group("pid"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def clean_stale_temps(
     roots: Iterable[Path], *, older_than: float = STALE_TEMP_SECONDS, now: float | None = None
 ) -> list[Path]:
-    """Delete the temp files a crash left under ``roots`` (only names phototag makes, older than
-    ``older_than`` seconds). Returns what was removed. Never follows folder links; unreadable folders
-    are skipped; a file root cleans its own folder (not below it)."""
+    """Delete the temp files a crash left under ``roots`` (only names phototag makes). A temp written by
+    a process of this machine is removed once that process is gone, never while it lives; one from
+    another machine or an older phototag once older than ``older_than`` seconds. Returns what was
+    removed. Never follows folder links; unreadable folders are skipped; a file root cleans its own
+    folder (not below it)."""
     deadline = (time.time() if now is None else now) - older_than
     removed: list[Path] = []
     for folder in _temp_folders(roots):
@@ -388,8 +426,15 @@ def clean_stale_temps(
         except OSError:
             continue
         for entry in candidates:
+            owner = temp_owner(entry.name)
             try:
-                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < deadline:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if owner is not None and owner[0] == HOST_TAG:
+                    stale = not pid_alive(owner[1])
+                else:
+                    stale = entry.stat(follow_symlinks=False).st_mtime < deadline
+                if stale:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
             except OSError as exc:
@@ -1347,9 +1392,10 @@ class ExifToolSession:
         A refusal or veto raises ``rejected(reason)``; a file-system error raises MetadataError. Either
         way ``target`` is untouched and no temp file is left.
         """
+        # A name of its own (this process, a random part): another writer's temp is never touched here,
+        # and no crash's leftover can share it (clean_stale_temps removes those).
         tmp = temp_path(target)
         leftovers = (tmp, Path(f"{tmp}_exiftool_tmp"))
-        _remove_quietly(*leftovers)  # a stale temp from a crash would make exiftool refuse
         exists = target.is_file()
         # A new sidecar is created in place; WebP (and sidecars) are copied, then edited in place.
         edit_in_place = not exists or target.suffix.lower() in COPY_THEN_WRITE_SUFFIXES | {".xmp"}

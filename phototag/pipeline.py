@@ -44,6 +44,7 @@ from phototag.index import (
     FAILED,
     MISSING,
     PENDING,
+    RESTORED,
     SOURCE_HUMAN,
     SOURCE_MODEL,
     Photo,
@@ -156,6 +157,7 @@ class Pipeline:
         captioner_factory: Callable[[], Captioner] | None = None,
         dry_run: bool = False,
         retry_failed: bool = False,
+        include_restored: bool = False,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -163,6 +165,7 @@ class Pipeline:
         self.exiftool = exiftool
         self.dry_run = dry_run
         self.retry_failed = retry_failed
+        self.include_restored = include_restored
         self.overwrite = settings.metadata.overwrite
         self._captioner_factory = captioner_factory or (lambda: Captioner(settings.model))
         self._on_outcome = on_outcome or (lambda outcome: None)
@@ -368,6 +371,12 @@ class Pipeline:
             if row.status == DONE or not self._retry(row):
                 self._report(Outcome(path, SKIPPED, caption=row.caption))
                 return None
+        # `phototag restore` put it back: it stays so while unchanged (its row's size, mtime and hash are
+        # those after the restore), unless asked for; a person's later edit makes it a photo like any other
+        keep_restored = row is not None and row.status == RESTORED and not self.include_restored
+        if keep_restored and row is not None and self._unchanged(row, stat):
+            self._report(Outcome(path, SKIPPED, reason="restored"))
+            return None
         try:
             digest = content_hash(path)
         except OSError as exc:
@@ -385,7 +394,10 @@ class Pipeline:
             row = self._returned(row, path, stat, digest)
             if row is None:
                 return None
-        if row is not None and row.status == FAILED and row.content_hash == digest and not self._retry(row):
+        keep_restored = row is not None and row.status == RESTORED and not self.include_restored
+        if row is not None and row.content_hash == digest and (
+            (row.status == FAILED and not self._retry(row)) or keep_restored
+        ):
             self._refresh(row, stat, digest)
             self._report(Outcome(path, SKIPPED, caption=row.caption))
             return None
@@ -472,7 +484,7 @@ class Pipeline:
     def _moved_from(self, digest: str) -> Photo | None:
         with self.index.session() as session:
             candidates = session.scalars(
-                select(Photo).where(Photo.content_hash == digest, Photo.status.in_((DONE, MISSING)))
+                select(Photo).where(Photo.content_hash == digest, Photo.status.in_((DONE, MISSING, RESTORED)))
             ).all()
         for candidate in candidates:
             if not os.path.exists(candidate.path):
@@ -508,6 +520,12 @@ class Pipeline:
             current.status = PENDING
             current.size, current.mtime_ns, current.content_hash = task.size, task.mtime_ns, task.digest
             current.failure_reason = current.failure_kind = None
+            # the file's own time, before any phototag write: recorded once (an index from before this
+            # column learns it only while phototag has not written the file, or kept its mtime)
+            if current.mtime_before_write_ns is None and (
+                current.written_to is None or task.mtime_ns < (current.created_at or 0) * 1e9
+            ):
+                current.mtime_before_write_ns = task.mtime_ns
             if current.original_metadata is None and task.existing.original:
                 import json
 
@@ -697,7 +715,9 @@ class MetadataWrites:
                     kind = HUMAN if task.source == SOURCE_HUMAN else CAPTIONED
                 row.status, row.failure_reason, row.captioned_at = DONE, None, time.time()
                 row.failure_kind, row.tries = None, 0
-                row.taken_at = task.existing.taken_at or row.taken_at or local_time_iso(task.mtime_ns)
+                # no EXIF date: the file's time before phototag first wrote it (never the write's own time)
+                pre_write_ns = row.mtime_before_write_ns if row.mtime_before_write_ns is not None else task.mtime_ns
+                row.taken_at = task.existing.taken_at or row.taken_at or local_time_iso(pre_write_ns)
                 indexed.append((row, task.caption or ""))
                 outcomes.append(
                     Outcome(
@@ -716,7 +736,8 @@ class MetadataWrites:
     def _row(session: Any, task: Task) -> Photo:
         row = session.scalar(select(Photo).where(Photo.path == str(task.path)))
         if row is None:  # the row is made at plan time; this covers a row deleted meanwhile
-            row = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns, content_hash=task.digest)
+            row = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns, content_hash=task.digest,
+                        mtime_before_write_ns=task.mtime_ns)
             session.add(row)
         return row
 

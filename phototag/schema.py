@@ -13,7 +13,8 @@ FAILED = "failed"  # failure_reason says why; failure_kind whether a later run r
 # no longer on disk (deleted, moved away, its share unmounted): the row keeps caption, source and original
 # metadata (undo data) for when the photo is back, until `phototag prune` forgets it (phototag.sweep)
 MISSING = "missing"
-STATUSES = (PENDING, DONE, FAILED, MISSING)
+RESTORED = "restored"  # `phototag restore` undid phototag's writes; not captioned again until its content changes
+STATUSES = (PENDING, DONE, FAILED, MISSING, RESTORED)
 
 # photos.caption_source
 SOURCE_MODEL = "model"

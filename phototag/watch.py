@@ -187,6 +187,7 @@ class WatchDaemon:
         self._counts_lock = threading.Lock()
         self.last_error: dict[str, Any] | None = None
         self.ready = threading.Event()  # set once the catch-up scan is done
+        self.scans_done = 0  # finished scans (catch-up and rescans), shown in the state file
         self.started_at = time.time()
         self._stop = threading.Event()
         self._lock = lock or DaemonLock(self.db)
@@ -387,6 +388,7 @@ class WatchDaemon:
         for gone in swept.missing:
             log.info("%s is missing (no longer on disk; its row is kept)", gone)
         log.debug("%s scan of %d folders done", label, len(roots))
+        self.scans_done += 1
 
     def _usable(self, root: Path) -> bool:
         """A missing or empty root is likely an unmounted share: not walked (the sweep skips it too)."""
@@ -447,6 +449,7 @@ class WatchDaemon:
             "folders": [str(root) for root in self.roots],
             "unwatched": [str(root) for root in self._unwatched],
             "caught_up": self.ready.is_set(),
+            "scans_done": self.scans_done,
             "queue": self.queue_length(),
             "model_loaded": self.pipeline.captioner is not None,
             "counts": self._counts_copy(),

@@ -111,3 +111,10 @@ def wait_until(condition: Callable[[], T], timeout: float = 60.0, what: str = "c
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(poll)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped): no process of this machine has it now."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

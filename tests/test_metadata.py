@@ -233,14 +233,32 @@ def test_sidecar_path_naming() -> None:
 
 
 def test_temp_path_is_hidden_beside_the_target_and_keeps_the_extension() -> None:
-    assert metadata.temp_path(Path("/d/IMG_1.jpg")) == Path("/d/.IMG_1.jpg.phototag-tmp.jpg")
-    assert metadata.temp_path(Path("/d/a.nef.xmp")) == Path("/d/.a.nef.xmp.phototag-tmp.xmp")
+    host, pid = metadata.HOST_TAG, os.getpid()
+    first = metadata.temp_path(Path("/d/IMG_1.jpg"))
+    assert re.fullmatch(rf"\.IMG_1\.jpg\.phototag-tmp-{host}-{pid}-[0-9a-f]{{8}}\.jpg", first.name), first
+    assert first.parent == Path("/d") and metadata.is_temp_name(first.name)
+    assert metadata.temp_owner(first.name) == (host, pid)
+    sidecar = metadata.temp_path(Path("/d/a.nef.xmp"), pid=1234)
+    assert re.fullmatch(rf"\.a\.nef\.xmp\.phototag-tmp-{host}-1234-[0-9a-f]{{8}}\.xmp", sidecar.name), sidecar
     long = metadata.temp_path(Path("/d/" + "é" * 120 + ".heic"))
     assert (
         long.parent == Path("/d")
-        and long.name.endswith(".phototag-tmp.heic")
-        and len(os.fsencode(long.name)) < 200
+        and long.name.endswith(".heic")
+        and len(os.fsencode(long.name + "_exiftool_tmp")) <= 255
+        and metadata.temp_owner(long.name) == (host, pid)
     )
+    # older phototags' names are still temp names, without an owner
+    old_name = ".IMG_1.jpg.phototag-tmp.jpg"
+    assert metadata.is_temp_name(old_name) and metadata.temp_owner(old_name) is None
+
+
+def test_two_writers_never_share_a_temp_name() -> None:
+    """Each write gets its own temp (pid + random part), so one writer never deletes another's."""
+    target = Path("/d/IMG_1.jpg")
+    names = {metadata.temp_path(target).name for _ in range(50)}
+    assert len(names) == 50
+    other = metadata.temp_path(target, pid=os.getpid() + 1)
+    assert other.name not in names and metadata.temp_owner(other.name) == (metadata.HOST_TAG, os.getpid() + 1)
 
 
 def test_raw_extensions() -> None:

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from phototag.cli import main
 from phototag.metadata import temp_path
-from tests.conftest import copy_from_corpus, read_only_folder
+from tests.conftest import copy_from_corpus, dead_pid, read_only_folder
 from tests.test_metadata import DATA, changed_tags, exiftool_json, sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -174,18 +174,21 @@ def test_keep_mtime_from_the_config(tmp_path: Path, tiny_model: Path) -> None:
 def test_backfill_cleans_crash_leftovers_first(config: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     (photo,) = copy_from_corpus(["jpg/Canon_40D.jpg"], lib)
-    stale = [temp_path(photo), Path(f"{temp_path(photo)}_exiftool_tmp"), temp_path(lib / "gone.NEF.xmp")]
-    young = temp_path(lib / "busy.jpg")  # may be another phototag's write in progress
+    gone = dead_pid()
+    stale = [temp_path(photo, pid=gone), Path(f"{temp_path(photo, pid=gone)}_exiftool_tmp"),
+             lib / ".gone.NEF.xmp.phototag-tmp.xmp"]  # a dead writer's, and an older phototag's old one
+    young = lib / ".busy.jpg.phototag-tmp.jpg"  # may be another phototag's write in progress
+    alive = temp_path(lib / "slow.jpg")  # a live writer's (this process): kept however old
     foreign = lib / "IMG_9.jpg_exiftool_tmp"  # somebody's own exiftool run
-    for path in (*stale, young, foreign):
+    for path in (*stale, young, alive, foreign):
         shutil.copyfile(photo, path)
     an_hour_ago = time.time() - 3600
-    for path in (*stale, foreign):
+    for path in (stale[2], alive, foreign):
         os.utime(path, (an_hour_ago, an_hour_ago))
 
     result = run(config, "backfill", str(lib), "--no-progress")
     assert result.exit_code == 0 and "removed 3 temp files" in result.output
-    assert not any(p.exists() for p in stale) and young.exists() and foreign.exists()
+    assert not any(p.exists() for p in stale) and young.exists() and alive.exists() and foreign.exists()
     assert list(rows(tmp_path)) == [str(photo)]  # temp files are never taken for photos
 
 
@@ -254,7 +257,7 @@ def test_dry_run_prints_one_line_per_photo_and_creates_nothing(config: Path, tmp
 # restore
 
 
-def test_restore_puts_back_hostile_text_and_forgets_the_photos(config: Path, tmp_path: Path) -> None:
+def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     windows, raw, other, human = copy_from_corpus(
         ["jpg/exif-org/olympus-c960.jpg", "raw/DNG.dng", "jpg/gps/DSCN0010.jpg", "jpg/long_description.jpg"], lib
@@ -269,14 +272,17 @@ def test_restore_puts_back_hostile_text_and_forgets_the_photos(config: Path, tmp
     assert written["IFD0:XPComment"] == caption and written["ExifIFD:UserComment"] == caption
     assert (lib / "DNG.dng.xmp").exists()
     et("-XMP-dc:Subject+=edited later", human)  # phototag kept its description: this edit is not ours
+    assert str(windows) in run(config, "search", caption).output
 
-    # one photo: only it is restored and forgotten
+    # one photo: only it is restored; its row stays, as restored, without a caption
     one = run(config, "restore", str(windows), "--no-progress")
     assert one.exit_code == 0 and "restored 1," in one.output
     assert changed_tags(before[windows], exiftool_json(windows)) == set()
     assert exiftool_json(windows)["IFD0:XPComment"] == XP_COMMENT
     assert exiftool_json(windows)["ExifIFD:UserComment"] == HOSTILE_COMMENT
-    assert str(windows) not in rows(tmp_path) and str(other) in rows(tmp_path)
+    restored = rows(tmp_path)[str(windows)]
+    assert restored["status"] == "restored" and restored["caption"] is None and restored["keywords"] == ""
+    assert restored["original_metadata"] and rows(tmp_path)[str(other)]["status"] == "done"
     assert run(config, "search", "tag:grandma").output == ""
 
     # a photo that cannot be restored keeps its row and makes the exit status 1
@@ -284,19 +290,28 @@ def test_restore_puts_back_hostile_text_and_forgets_the_photos(config: Path, tmp
     partial = run(config, "restore", "--all", "--no-progress")
     assert partial.exit_code == 1 and "failed 1" in partial.output and "read-only" in partial.output
     assert "removed sidecars 1" in partial.output and not (lib / "DNG.dng.xmp").exists()
-    assert list(rows(tmp_path)) == [str(other)]
+    assert {path: row["status"] for path, row in rows(tmp_path).items()} == {
+        str(p): "done" if p == other else "restored" for p in (windows, raw, other, human)}
     other.chmod(0o644)
     assert run(config, "restore", str(lib), "--no-progress").exit_code == 0
-    assert rows(tmp_path) == {}
+    assert {row["status"] for row in rows(tmp_path).values()} == {"restored"}
     for photo in (windows, raw, other):
         assert changed_tags(before[photo], exiftool_json(photo)) == set(), photo
     assert sha256(raw) == digests[raw]
     assert changed_tags(before[human], exiftool_json(human)) == {"XMP-dc:Subject", "XMP-x:XMPToolkit"}
-    assert json.loads(run(config, "status", "--json").output)["counts"] == {"done": 0, "pending": 0, "failed": 0,
-                                                                                "missing": 0}
+    assert json.loads(run(config, "status", "--json").output)["counts"] == {
+        "done": 0, "pending": 0, "failed": 0, "missing": 0, "restored": 4}
+    assert "restored: 4" in run(config, "status").output
+    assert run(config, "search", caption).output == ""  # no caption of the model left to find
 
-    # a restored photo is new to the next backfill
-    assert "captioned 3" in run(config, "backfill", str(lib), "--no-progress").output
+    # restored photos stay restored: a later backfill leaves them alone ...
+    again = run(config, "backfill", str(lib), "--no-progress")
+    assert again.exit_code == 0 and "captioned 0" in again.output, again.output
+    for photo in (windows, raw, other):
+        assert changed_tags(before[photo], exiftool_json(photo)) == set(), photo
+    # ... unless asked to caption them again
+    assert "captioned 3" in run(config, "backfill", str(lib), "--include-restored", "--no-progress").output
+    assert {row["status"] for row in rows(tmp_path).values()} == {"done"}
 
 
 def test_restore_needs_paths_or_all(config: Path, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from phototag.metadata import (
     temp_path,
     ucs2,
 )
+from tests.conftest import dead_pid
 from tests.test_metadata import (  # noqa: F401 - _independent_reader is an autouse fixture
     CAPTION,
     CORPUS,
@@ -178,30 +179,36 @@ def test_stale_temps_are_cleaned_and_nothing_else(tmp_path: Path) -> None:
     sub.mkdir()
     hidden = tmp_path / ".thumbnails"
     hidden.mkdir()
+    gone = dead_pid()
+    old_format = tmp_path / f".{photo.name}.phototag-tmp.jpg"  # an older phototag's name: age decides
     stale = [
-        temp_path(photo),
-        Path(f"{temp_path(photo)}_exiftool_tmp"),
-        temp_path(sidecar_path(sub / "IMG_1.NEF")),
-        temp_path(sub / ("x" * 250 + ".jpg")),  # the hashed name used for very long names
+        temp_path(photo, pid=gone),  # its writer is dead: a leftover however young
+        Path(f"{temp_path(photo, pid=gone)}_exiftool_tmp"),
+        temp_path(sidecar_path(sub / "IMG_1.NEF"), pid=gone),
+        temp_path(sub / ("x" * 250 + ".jpg"), pid=gone),  # the hashed name used for very long names
+        old_format,
+        temp_path(sub / "far.jpg", host="0123abcd"),  # another machine's, an hour old
     ]
     keep = [
         tmp_path / "photo.jpg_exiftool_tmp",  # a person's own exiftool run: not ours
         tmp_path / ".phototag-tmp.jpg",
         tmp_path / "notes.phototag-tmp.txt",
         hidden / ".a.jpg.phototag-tmp.jpg",  # phototag never writes in hidden folders
+        temp_path(sub / "alive.jpg"),  # a live writer's (this process): kept however old
         sub / ".young.jpg.phototag-tmp.jpg",  # may belong to a phototag running right now
+        temp_path(sub / "near.jpg", host="0123abcd"),  # another machine's, young: may be a write
     ]
     for path in stale + keep:
         path.write_bytes(b"half-written")
     now = time.time()
-    for path in stale + keep[:-1]:
-        os.utime(path, (now - 3600, now - 3600))
+    for path in [*stale, *keep[:-2]]:
+        if path not in stale[:4]:  # the dead writer's stay young: its death alone makes them stale
+            os.utime(path, (now - 3600, now - 3600))
     assert sorted(clean_stale_temps([tmp_path])) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
     assert photo.exists()
     # a file root cleans its own folder
     stale[0].write_bytes(b"x")
-    os.utime(stale[0], (now - 3600, now - 3600))
     assert clean_stale_temps([photo]) == [stale[0]]
 
 

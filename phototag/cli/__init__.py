@@ -33,6 +33,18 @@ class AppContext:
             self._settings = settings
         return self._settings
 
+    def lock_index(self, command: str) -> None:
+        """Become the index's one writer until the command ends, or stop with one line naming the
+        phototag that writes it now (a daemon, another backfill...) and how to stop it."""
+        from phototag.daemon import AlreadyRunning, WriterLock
+
+        lock = WriterLock(self.settings.db_path(), command)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc)) from None
+        click.get_current_context().call_on_close(lock.release)
+
     def with_overrides(self, section: str, **values: object) -> Settings:
         try:
             self._settings = override(self.settings, section, **values)

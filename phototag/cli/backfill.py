@@ -28,10 +28,12 @@ from phototag.sweep import sweep
 @model_options
 @click.option("--dry-run", is_flag=True, help="Show what would be written; change nothing on disk.")
 @click.option("--retry-failed", is_flag=True, help="Try again photos that failed before and did not change.")
+@click.option("--include-restored", is_flag=True,
+              help="Caption again photos that 'phototag restore' put back (skipped otherwise while unchanged).")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
 @pass_app
-def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_failed: bool, no_progress: bool,
-            **model_values: Any) -> None:
+def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_failed: bool, include_restored: bool,
+            no_progress: bool, **model_values: Any) -> None:
     """Caption every photo under PATHS and write the captions into their metadata.
 
     Photos already captioned and unchanged are skipped, so an interrupted backfill resumes where it
@@ -39,6 +41,9 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
     get an XMP sidecar (photo.nef.xmp). Ctrl-C finishes the batch in flight and stops cleanly.
     --dry-run prints "path<TAB>old description<TAB>new caption" for each photo it would caption and
     changes nothing on disk. Temp files a crashed run left beside the photos are removed first.
+    Photos `phototag restore` put back stay as they are until their content changes, unless
+    --include-restored is given. One phototag writes an index at a time: while `phototag watch` (or
+    another backfill) runs on it, backfill refuses and says which process to stop (a dry run is fine).
 
     \b
     Examples:
@@ -46,6 +51,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
       phototag backfill ~/Pictures/2019 --prompt "a photography of" --batch-size 8
       phototag backfill /mnt/photos --model ~/models/blip-large --device cuda
       phototag backfill ~/Pictures --dry-run
+      phototag backfill ~/Pictures/2019 --include-restored
     """
     settings = apply_model_options(app, model_values)
     roots = []
@@ -56,6 +62,8 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         roots.append(Path(os.path.abspath(path.expanduser())))
     if not roots:
         raise click.ClickException("none of the given paths exist")
+    if not dry_run:
+        app.lock_index("phototag backfill")  # before anything is written, the stale temps included
 
     progress = Progress(enabled=not no_progress, quiet=app.quiet)
     outcome_sink = progress
@@ -88,7 +96,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
             click.echo(f"removed {len(stale)} temp files left by an interrupted run", err=True)
     with cleanup, exiftool:
         pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
-                            on_outcome=outcome_sink).start()
+                            include_restored=include_restored, on_outcome=outcome_sink).start()
         threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
         completed = _feed(pipeline, roots)
         progress.finish(draw=pipeline.error is None)

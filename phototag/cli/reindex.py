@@ -45,7 +45,9 @@ class CountProgress:
 
 @click.command("reindex")
 @click.option("--embeddings", is_flag=True, help="Embed captions that have no vector from the embedding model.")
-@click.option("--dates", is_flag=True, help="Record taken dates (EXIF DateTimeOriginal, else mtime) where missing.")
+@click.option("--dates", is_flag=True,
+              help="Record taken dates (EXIF DateTimeOriginal, else the file's time before phototag wrote it) "
+                   "where missing.")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
 @pass_app
 def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -> None:
@@ -53,7 +55,10 @@ def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -
 
     --embeddings makes search by meaning possible for photos captioned before phototag embedded
     captions, or after [search] embedding_model changed (each caption's vector is replaced).
-    --dates records when each photo was taken, for after: and before:. Both resume where they stopped.
+    --dates records when each photo was taken, for after: and before:: its EXIF DateTimeOriginal, else
+    the file's modification time from before phototag first wrote to it (never the time of that write;
+    where the index does not know it, the photo is left without a date). Both resume where they
+    stopped. Refused while `phototag watch` or another writing phototag runs on the index.
 
     \b
     Examples:
@@ -67,6 +72,7 @@ def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -
     db = settings.db_path()
     if not db.exists():
         raise click.ClickException(f"no index at {db}: run 'phototag backfill PATH' first")
+    app.lock_index("phototag reindex")
     index = PhotoIndex(db)
     try:
         if dates:
@@ -133,24 +139,42 @@ def _dates(index: PhotoIndex, exiftool_path: str | None, progress_on: bool) -> N
     with exiftool:
         while True:
             with index.session() as session:
-                rows = session.execute(
-                    select(Photo.id, Photo.path).where(missing, Photo.id > last).order_by(Photo.id).limit(200)
+                rows = session.scalars(
+                    select(Photo).where(missing, Photo.id > last).order_by(Photo.id).limit(200)
                 ).all()
             if not rows:
                 break
-            last = rows[-1][0]
+            last = rows[-1].id
             found: dict[int, str] = {}
-            for photo_id, path in rows:
+            for row in rows:
                 try:
-                    found[photo_id] = exiftool.read(Path(path)).taken_at or local_time_iso(os.stat(path).st_mtime_ns)
+                    exif_date = exiftool.read(Path(row.path)).taken_at
+                    mtime_ns = pre_write_mtime_ns(row, os.stat(row.path).st_mtime_ns)
                 except (MetadataError, OSError):
                     continue  # gone or unreadable: the next backfill sweeps or retries it
+                if exif_date or mtime_ns is not None:
+                    found[row.id] = exif_date or local_time_iso(mtime_ns or 0)
             with index.transaction() as session:
                 for photo_id, taken_at in found.items():
-                    row = session.get(Photo, photo_id)
-                    if row is not None:
-                        row.taken_at = taken_at
+                    stored = session.get(Photo, photo_id)
+                    if stored is not None:
+                        stored.taken_at = taken_at
             recorded += len(found)
             progress.advance(len(rows))
     progress.finish()
-    click.echo(f"dates: recorded {recorded} of {total}", err=True)
+    unknown = ""
+    if recorded < total:
+        unknown = f" ({total - recorded} have no EXIF date, and their time before phototag wrote them is unknown)"
+    click.echo(f"dates: recorded {recorded} of {total}{unknown}", err=True)
+
+
+def pre_write_mtime_ns(row: Photo, mtime_now_ns: int) -> int | None:
+    """The photo's modification time from before phototag wrote it: the one recorded when phototag
+    first planned it; for a row from an older index, the current mtime only if it predates the row
+    (phototag has not changed it since, or kept it). None when unknown: the current mtime may be the
+    time of phototag's own write, which is not when the photo was taken."""
+    if row.mtime_before_write_ns is not None:
+        return row.mtime_before_write_ns
+    if row.written_to is None or mtime_now_ns < (row.created_at or 0) * 1e9:
+        return mtime_now_ns
+    return None

@@ -10,12 +10,11 @@ import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.cli.progress import Progress
-from phototag.index import SOURCE_MODEL, Photo, PhotoIndex, count_rows, forget, iter_rows
+from phototag.index import RESTORED, SOURCE_MODEL, Photo, PhotoIndex, count_rows, iter_rows, mark_restored
 from phototag.metadata import ExifToolSession, MetadataError
 from phototag.pipeline import FAILED_OUTCOME, Outcome
 from phototag.sweep import mark_missing
 
-RESTORED = "restored"
 UNCHANGED = "unchanged"
 GONE = "gone"
 
@@ -34,12 +33,14 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     same verified temp-copy path as a caption (only photos whose values differ are rewritten); fields
     that were absent are removed again. A sidecar phototag created is deleted (if another tool has
     added to it since, only phototag's values are removed from it); a sidecar that existed before
-    gets its own values back. Each restored photo is then dropped from the index, so search no longer
-    finds it and a later backfill treats it as new (and captions it again). A photo that fails keeps
-    its row, so running restore again finishes the job; the exit status is then 1. A photo that is not
-    on disk (an unmounted share?) keeps its row and undo data, marked missing, for a later restore.
+    gets its own values back. Each restored photo then stays in the index as "restored", without a
+    caption: search no longer finds it, and neither backfill nor `phototag watch` captions it again
+    while its content is unchanged (`phototag backfill --include-restored` does). A photo that fails
+    keeps its row, so running restore again finishes the job; the exit status is then 1. A photo that
+    is not on disk (an unmounted share?) keeps its row and undo data, marked missing, for a later restore.
 
-    Stop `phototag watch` first: it would caption the restored photos again.
+    While `phototag watch` (or a backfill) writes this index, restore refuses and says which process
+    to stop first.
 
     \b
     Examples:
@@ -54,6 +55,7 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     if not db.exists():
         raise click.ClickException(f"no index at {db}: phototag has not written anything yet")
     roots = None if everything else [Path(os.path.abspath(p.expanduser())) for p in paths]
+    app.lock_index("phototag restore")
     index = PhotoIndex(db)
     total = count_rows(index, roots)
     if total == 0:
@@ -94,8 +96,9 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
 
 
 def restore_row(exiftool: ExifToolSession, index: PhotoIndex, row: Photo) -> tuple[Outcome, bool]:
-    """Restore one photo from its index row, then forget the row. Returns the outcome and whether a
-    sidecar phototag created was removed. A failure keeps the row (and says why)."""
+    """Restore one photo from its index row, then mark the row restored (a photo no longer on disk:
+    forget it). Returns the outcome and whether a sidecar phototag created was removed. A failure
+    keeps the row as it was (and says why)."""
     path = Path(row.path)
     if not os.path.lexists(path):
         # an unmounted share looks like this: keep the undo data (marked missing) for when it is back
@@ -105,11 +108,11 @@ def restore_row(exiftool: ExifToolSession, index: PhotoIndex, row: Photo) -> tup
     if not original or row.caption_source != SOURCE_MODEL:
         # phototag never wrote to it (a person's description was kept, or it could not be read): any
         # difference from the recorded values is somebody else's edit, which stays
-        forget(index, row.id)
+        mark_restored(index, row.id, path)
         return Outcome(path, UNCHANGED), False
     try:
         result = exiftool.restore(path, original)
     except MetadataError as exc:
         return Outcome(path, FAILED_OUTCOME, reason=str(exc)), False
-    forget(index, row.id)
+    mark_restored(index, row.id, path)
     return Outcome(path, RESTORED if result.changed else UNCHANGED), result.sidecar == "removed"

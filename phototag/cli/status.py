@@ -12,7 +12,7 @@ from phototag import last_run
 from phototag.cli import AppContext, pass_app
 from phototag.daemon_state import daemon_status
 from phototag.failures import MAX_TRIES, TRANSIENT
-from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
+from phototag.index import DONE, FAILED, MISSING, PENDING, RESTORED, PhotoIndex
 
 
 @click.command("status")
@@ -21,8 +21,9 @@ from phototag.index import DONE, FAILED, MISSING, PENDING, PhotoIndex
               help="How many failed photos to list (0: all).")
 @pass_app
 def command(app: AppContext, as_json: bool, failures: int) -> None:
-    """Counts by status (done, pending, failed, missing), the failed photos with their reasons, and
-    whether a `phototag watch` daemon is running on this index (its queue and last error).
+    """Counts by status (done, pending, failed, missing, and restored by `phototag restore`), the failed
+    photos with their reasons, and whether a `phototag watch` daemon is running on this index (its queue
+    and last error).
 
     Missing photos are no longer on disk (deleted, moved away, or on a share that is not mounted):
     their rows keep caption and undo data and come back when the photo does; `phototag prune`
@@ -58,7 +59,7 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
         return
     click.echo(f"index: {db}")
     click.echo(f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
-               f"failed: {counts[FAILED]}  missing: {counts[MISSING]}")
+               f"failed: {counts[FAILED]}  missing: {counts[MISSING]}  restored: {counts[RESTORED]}")
     if stopped:
         click.echo(f"  pending because the last {stopped.get('command', 'run')} ({_when(stopped.get('at'))}) "
                    f"stopped: {stopped['error']}".replace("\n", "\n    "))

@@ -80,7 +80,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         exiftool = ExifToolSession.from_settings(settings.metadata)
     except MetadataError as exc:
         raise click.ClickException(str(exc)) from None
-    stale = clean_stale_temps(roots)  # the lock says no other phototag writes here: old temp files are ours
+    stale = clean_stale_temps(roots)  # temps of dead writers (and old ones of other hosts); never a live one's
     if stale:
         log.info("removed %d temp files left by an interrupted run", len(stale))
     daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
