@@ -282,13 +282,16 @@ def test_reindex_dates_uses_the_time_before_phototags_write(tmp_path: Path, tiny
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
     assert all(scan.stat().st_mtime > in_2010 + 86400 for scan in scans)  # the write changed the mtime
     assert all(row["taken_at"] == "2010-06-15T12:00:00" for row in rows(db).values())
-    # an index whose dates were never recorded; the second row is from before phototag recorded the
-    # pre-write time, so that time is unknown (its mtime now is phototag's write)
+    # an index whose dates were never recorded
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE photos SET taken_at = NULL")
-        conn.execute("UPDATE photos SET mtime_before_write_ns = NULL WHERE path = ?", (str(scans[1]),))
+        conn.execute("UPDATE photos SET taken_at = NULL WHERE path = ?", (str(scans[0]),))
     result = run(config, "reindex", "--dates", "--no-progress")
-    assert result.exit_code == 0 and "dates: recorded 1 of 2" in result.output, result.output
-    after = rows(db)
-    assert after[str(scans[0])]["taken_at"] == "2010-06-15T12:00:00"
-    assert after[str(scans[1])]["taken_at"] is None  # unknown, never the date of phototag's write
+    assert result.exit_code == 0 and "dates: recorded 1 of 1" in result.output, result.output
+    assert rows(db)[str(scans[0])]["taken_at"] == "2010-06-15T12:00:00"
+    # a row from before phototag recorded the pre-write time: that time is unknown (its mtime now is
+    # phototag's write), so it gets no date rather than a wrong one
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE photos SET taken_at = NULL, mtime_before_write_ns = NULL WHERE path = ?", (str(scans[1]),))
+    result = run(config, "reindex", "--dates", "--no-progress")
+    assert result.exit_code == 0 and "dates: recorded 0 of 1 (1 have no EXIF date" in result.output, result.output
+    assert rows(db)[str(scans[1])]["taken_at"] is None
