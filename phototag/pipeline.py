@@ -512,6 +512,7 @@ class Pipeline:
             return
         with self.index.transaction() as session:
             current = session.get(Photo, row.id) if row is not None else None
+            new = current is None
             if current is None:
                 current = Photo(path=str(task.path), size=task.size, mtime_ns=task.mtime_ns)
                 session.add(current)
@@ -520,11 +521,9 @@ class Pipeline:
             current.status = PENDING
             current.size, current.mtime_ns, current.content_hash = task.size, task.mtime_ns, task.digest
             current.failure_reason = current.failure_kind = None
-            # the file's own time, before any phototag write: recorded once (an index from before this
-            # column learns it only while phototag has not written the file, or kept its mtime)
-            if current.mtime_before_write_ns is None and (
-                current.written_to is None or task.mtime_ns < (current.created_at or 0) * 1e9
-            ):
+            # the file's own time, before any phototag write: recorded once (a row from an older index
+            # learns it only if the mtime predates the row: phototag has not written the file since)
+            if current.mtime_before_write_ns is None and (new or task.mtime_ns < (current.created_at or 0) * 1e9):
                 current.mtime_before_write_ns = task.mtime_ns
             if current.original_metadata is None and task.existing.original:
                 import json

@@ -131,7 +131,7 @@ def test_backfill_captions_writes_metadata_and_search_finds(library: Path, confi
 
     status = run(config, "status", "--json")
     counts = json.loads(status.output)["counts"]
-    assert counts == {"done": len(photos) - 3, "pending": 0, "failed": 3, "missing": 0}
+    assert counts == {"done": len(photos) - 3, "pending": 0, "failed": 3, "missing": 0, "restored": 0}
 
 
 def _all_rows(index: PhotoIndex) -> list:
