@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import select, text
 
-from phototag.index import DONE, MISSING, Photo, PhotoIndex, content_hash
+from phototag.index import DONE, MISSING, SCHEMA_VERSION, Photo, PhotoIndex, content_hash
 from phototag.sweep import sweep
 
 
@@ -99,3 +100,24 @@ def test_a_current_index_opens_without_writing(tmp_path: Path) -> None:
     size = wal.stat().st_size if wal.exists() else 0
     PhotoIndex(path).counts()
     assert (wal.stat().st_size if wal.exists() else 0) == size
+
+
+def test_a_version_2_index_gains_the_pre_write_mtime_and_the_restored_count(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    index = PhotoIndex(path)
+    with index.transaction() as session:
+        session.add(Photo(path="/p/a.jpg", size=1, mtime_ns=1, status="done", caption="a dog"))
+    index.close()
+    raw = sqlite3.connect(path)  # as phototag 2 left it: no mtime_before_write_ns
+    raw.executescript("ALTER TABLE photos DROP COLUMN mtime_before_write_ns; PRAGMA user_version=2;")
+    raw.close()
+    index = PhotoIndex(path)
+    try:
+        row = index.get("/p/a.jpg")
+        assert row is not None and row.caption == "a dog" and row.mtime_before_write_ns is None
+        assert index.counts() == {"pending": 0, "done": 1, "failed": 0, "missing": 0, "restored": 0}
+    finally:
+        index.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    raw.close()
