@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -27,18 +27,11 @@ from phototag.cli import main
 from phototag.daemon import read_state
 from phototag.metadata import ExifToolSession, clean_stale_temps, temp_path
 from tests.conftest import REPO, copy_from_corpus
+from tests.conftest import wait_until as wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
 PHOTOS = ["jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg", "jpg/Canon_40D.jpg"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def make_config(tmp_path: Path, tiny_model: Path, rescan: float = 0) -> Path:
@@ -120,6 +113,7 @@ def refusal_line(result: Result) -> str:
 # -- refusals --------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # daemon processes: minutes on a loaded machine
 def test_writers_are_refused_beside_a_running_daemon(
     tmp_path: Path, tiny_model: Path, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -131,7 +125,7 @@ def test_writers_are_refused_beside_a_running_daemon(
     index_before = {path: tuple(row) for path, row in rows(db).items()}
 
     daemon = start_daemon(config, lib, log, daemons)
-    wait_for(lambda: scans_done(db, daemon, log) >= 1, what="the daemon's catch-up scan")
+    wait_for(lambda: scans_done(db, daemon, log) >= 1, timeout=300, what="the daemon's catch-up scan")
     for args in (
         ["backfill", str(lib)],
         ["restore", "--all"],
@@ -164,6 +158,7 @@ def test_writers_are_refused_beside_a_running_daemon(
     assert run(config, "restore", str(photos[0]), "--no-progress").exit_code == 0  # the daemon is gone
 
 
+@pytest.mark.timeout(900)  # several processes: minutes on a loaded machine
 def test_two_backfills_and_a_daemon_beside_a_backfill_are_refused(
     tmp_path: Path, tiny_model: Path, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -194,6 +189,7 @@ def test_two_backfills_and_a_daemon_beside_a_backfill_are_refused(
 # -- restored photos stay restored -----------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # daemon processes: minutes on a loaded machine
 def test_restored_photos_stay_restored_through_rescans_and_restarts(
     tmp_path: Path, tiny_model: Path, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -209,7 +205,7 @@ def test_restored_photos_stay_restored_through_rescans_and_restarts(
 
     # the daemon's catch-up scan and two rescans leave them alone
     first = start_daemon(config, lib, log, daemons)
-    wait_for(lambda: scans_done(db, first, log) >= 3, what="the daemon's catch-up and two rescans")
+    wait_for(lambda: scans_done(db, first, log) >= 3, timeout=300, what="the daemon's catch-up and two rescans")
     assert {photo: description(photo) for photo in photos} == {photo: None for photo in photos}
     assert {row["status"] for row in rows(db).values()} == {"restored"}
     first.send_signal(signal.SIGTERM)
@@ -219,8 +215,8 @@ def test_restored_photos_stay_restored_through_rescans_and_restarts(
     edited = photos[2]
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmp:Label=edited", str(edited)], check=True)
     second = start_daemon(config, lib, log, daemons)
-    wait_for(lambda: rows(db)[str(edited)]["status"] == "done", what="the edited photo captioned")
-    wait_for(lambda: scans_done(db, second, log) >= 2, what="the restarted daemon's scans")
+    wait_for(lambda: rows(db)[str(edited)]["status"] == "done", timeout=300, what="the edited photo captioned")
+    wait_for(lambda: scans_done(db, second, log) >= 2, timeout=300, what="the restarted daemon's scans")
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
     assert description(edited) == rows(db)[str(edited)]["caption"]
