@@ -528,12 +528,19 @@ def test_keywords_merge_without_dropping_or_duplicating(session: ExifToolSession
 
 
 @needs_corpus
-def test_stale_temp_file_from_a_crash_is_replaced(session: ExifToolSession, tmp_path: Path) -> None:
+def test_a_temp_left_beside_the_photo_neither_blocks_a_write_nor_is_touched_by_it(
+    session: ExifToolSession, tmp_path: Path
+) -> None:
+    """A write uses a temp of its own; another's (a crash's, or a live writer's) is left to
+    clean_stale_temps, which knows whether its writer still runs."""
     photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
-    (tmp_path / ".Canon_40D.jpg.phototag-tmp.jpg").write_bytes(b"half-written junk")
+    others = [tmp_path / ".Canon_40D.jpg.phototag-tmp.jpg", metadata.temp_path(photo, pid=os.getpid() + 1)]
+    for other in others:
+        other.write_bytes(b"half-written junk")
     session.write(photo, CAPTION)
     assert exiftool_json(photo)["XMP-dc:Description"] == CAPTION
-    assert stray_temp_files(tmp_path) == []
+    assert sorted(stray_temp_files(tmp_path)) == sorted(p.name for p in others)
+    assert all(p.read_bytes() == b"half-written junk" for p in others)
 
 
 @needs_corpus
