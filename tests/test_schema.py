@@ -27,7 +27,7 @@ def test_every_index_reader_waits_the_same_busy_timeout(tmp_path: Path) -> None:
 
 
 def test_status_names_are_spelled_once() -> None:
-    assert (index.PENDING, index.DONE, index.FAILED, index.MISSING) == schema.STATUSES
+    assert (index.PENDING, index.DONE, index.FAILED, index.MISSING, index.RESTORED) == schema.STATUSES
     assert search.DONE is schema.DONE and index.SOURCE_HUMAN is schema.SOURCE_HUMAN
     # no module but schema.py spells a status name or a busy timeout in code (SQL included)
     literal = re.compile(r"""(["'])(pending|done)\1|status\s*=\s*'|busy_timeout\s*=\s*\d|timeout=10""")
