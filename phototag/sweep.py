@@ -23,8 +23,12 @@ from typing import cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from phototag.index import MISSING, SOURCE_MODEL, Photo, PhotoIndex, _path_filter, _under
+from phototag.index import MISSING, RESTORED, SOURCE_MODEL, Photo, PhotoIndex, _path_filter, _under
 from phototag.scan import walk_photos
+
+# Rows a sweep leaves as they are when their file is gone: missing ones already are; a restored one
+# keeps saying so (a missing row that comes back is planned again, which would caption it again).
+_NOT_SWEPT = (MISSING, RESTORED)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ def sweep(
             where = _under(target) if target == root else _path_filter([target])
             query = (
                 select(Photo.id, Photo.path)
-                .where(where, Photo.status != MISSING)
+                .where(where, Photo.status.not_in(_NOT_SWEPT))
                 .execution_options(yield_per=2000)
             )
             gone.extend((row_id, path) for row_id, path in session.execute(query) if not exists(path))
@@ -99,7 +103,7 @@ def sweep(
             # id and path: a row moved meanwhile (its path updated by another thread) is not touched
             marked = session.execute(
                 update(Photo)
-                .where(Photo.id == row_id, Photo.path == path, Photo.status != MISSING)
+                .where(Photo.id == row_id, Photo.path == path, Photo.status.not_in(_NOT_SWEPT))
                 .values(status=MISSING, missing_since=now)
             )
             if cast(CursorResult, marked).rowcount:

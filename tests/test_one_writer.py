@@ -137,6 +137,7 @@ def test_writers_are_refused_beside_a_running_daemon(
         line = refusal_line(run(config, *args, "--no-progress"))
         assert f"phototag watch (pid {daemon.pid}) is already running on the index {db}" in line, line
         assert f"systemctl --user stop phototag, or kill {daemon.pid}" in line, line
+    assert f"phototag watch (pid {daemon.pid}) is already running" in refusal_line(run(config, "prune"))
     # a second daemon too, as a process of its own
     second = subprocess.run(
         [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
@@ -148,6 +149,7 @@ def test_writers_are_refused_beside_a_running_daemon(
     assert second.returncode == 1 and f"phototag watch (pid {daemon.pid}) is already running" in second.stderr
     # reading needs no lock: a dry run, status and search work beside the daemon
     assert run(config, "backfill", str(lib), "--dry-run", "--no-progress").exit_code == 0
+    assert run(config, "prune", "--dry-run").exit_code == 0
     assert run(config, "status").exit_code == 0
     # nothing was written by the refused commands
     assert {photo: (photo.read_bytes(), description(photo)) for photo in photos} == before
@@ -234,6 +236,22 @@ def test_restored_photos_stay_restored_through_rescans_and_restarts(
     again = run(config, "backfill", str(lib), "--include-restored", "--no-progress")
     assert again.exit_code == 0 and "captioned 2" in again.output, again.output
     assert all(description(photo) for photo in photos)
+
+
+def test_a_restored_photo_that_is_away_for_a_while_stays_restored(tmp_path: Path, tiny_model: Path) -> None:
+    lib, db = tmp_path / "lib", tmp_path / "index.sqlite3"
+    photo, other = copy_from_corpus(PHOTOS[:2], lib)
+    config = make_config(tmp_path, tiny_model)
+    assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
+    assert run(config, "restore", str(photo), "--no-progress").exit_code == 0
+    away = tmp_path / "away.jpg"
+    os.rename(photo, away)  # e.g. on a drive that is unplugged for a while
+    assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0  # its sweep sees it gone
+    assert rows(db)[str(photo)]["status"] == "restored"
+    os.rename(away, photo)
+    again = run(config, "backfill", str(lib), "--no-progress")
+    assert again.exit_code == 0 and "captioned 0" in again.output, again.output
+    assert description(photo) is None and rows(db)[str(photo)]["status"] == "restored"
 
 
 # -- temp files: one writer each -------------------------------------------------------------------

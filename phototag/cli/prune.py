@@ -45,6 +45,8 @@ def command(app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_
         raise click.ClickException(f"no index at {db}: nothing to prune")
     roots = [Path(os.path.abspath(p.expanduser())) for p in paths] or None
     verbose = (ctx.parent.params.get("verbose") or 0) if ctx.parent is not None else 0
+    if not dry_run:
+        app.lock_index("phototag prune")  # a daemon beside it may be bringing a missing row back
     index = PhotoIndex(db)
     try:
         rows = missing_rows(index, older_than_s=None if older_than is None else older_than * DAY_S, paths=roots)

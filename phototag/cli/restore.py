@@ -97,8 +97,8 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
 
 def restore_row(exiftool: ExifToolSession, index: PhotoIndex, row: Photo) -> tuple[Outcome, bool]:
     """Restore one photo from its index row, then mark the row restored (a photo no longer on disk:
-    forget it). Returns the outcome and whether a sidecar phototag created was removed. A failure
-    keeps the row as it was (and says why)."""
+    marked missing, its undo data kept). Returns the outcome and whether a sidecar phototag created
+    was removed. A failure keeps the row as it was (and says why)."""
     path = Path(row.path)
     if not os.path.lexists(path):
         # an unmounted share looks like this: keep the undo data (marked missing) for when it is back
