@@ -58,7 +58,7 @@ def test_sweep_marks_missing_only_under_the_folder(tmp_path: Path) -> None:
     add(index, str(tmp_path / "lib_other" / "gone.jpg"), "x")  # a sibling folder sharing the prefix
     add(index, str(tmp_path / "l_b" / "gone.jpg"), "x")  # LIKE wildcards in the prefix are escaped
     assert sweep(index, [tmp_path / "lib"]).missing == [str(tmp_path / "lib" / "gone.jpg")]
-    assert index.counts() == {"pending": 0, "done": 3, "failed": 0, MISSING: 1}
+    assert index.counts() == {"pending": 0, "done": 3, "failed": 0, MISSING: 1, "restored": 0}
     gone = index.get(tmp_path / "lib" / "gone.jpg")
     assert gone is not None and gone.caption == "x" and gone.missing_since is not None  # kept, not deleted
     assert sweep(index, [tmp_path / "lib"]).missing == []  # already missing: not marked again
