@@ -38,11 +38,14 @@ class AppContext:
         phototag that writes it now (a daemon, another backfill...) and how to stop it."""
         from phototag.daemon import AlreadyRunning, WriterLock
 
-        lock = WriterLock(self.settings.db_path(), command)
+        db = self.settings.db_path()
+        lock = WriterLock(db, command)
         try:
             lock.acquire()
         except AlreadyRunning as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # e.g. an index folder this user cannot write
+            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
         click.get_current_context().call_on_close(lock.release)
 
     def with_overrides(self, section: str, **values: object) -> Settings:
