@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from phototag.cli import main
-from phototag.daemon import read_state
+from phototag.daemon_state import read_state
 from phototag.metadata import ExifToolSession, clean_stale_temps, temp_path
 from tests.conftest import REPO, copy_from_corpus
 from tests.conftest import wait_until as wait_for
@@ -92,7 +92,7 @@ def scans_done(db: Path, proc: subprocess.Popen[bytes], log: Path) -> int:
 def hold_writer_lock(db: Path, command: str, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     """A child process that holds the index's writer lock as ``command`` until killed."""
     code = (
-        "import sys; from pathlib import Path; from phototag.daemon import WriterLock; "
+        "import sys; from pathlib import Path; from phototag.daemon_state import WriterLock; "
         f"lock = WriterLock(Path(sys.argv[1]), {command!r}); lock.acquire(); print('locked', flush=True); "
         "sys.stdin.read()"
     )

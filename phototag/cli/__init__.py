@@ -36,7 +36,7 @@ class AppContext:
     def lock_index(self, command: str) -> None:
         """Become the index's one writer until the command ends, or stop with one line naming the
         phototag that writes it now (a daemon, another backfill...) and how to stop it."""
-        from phototag.daemon import AlreadyRunning, WriterLock
+        from phototag.daemon_state import AlreadyRunning, WriterLock
 
         db = self.settings.db_path()
         lock = WriterLock(db, command)
