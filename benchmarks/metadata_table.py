@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from phototag.metadata import RAW_EXTENSIONS, ExifToolSession  # noqa: E402
+from phototag.formats import RAW_EXTENSIONS  # noqa: E402
+from phototag.metadata import ExifToolSession  # noqa: E402
 
 
 def file_types(folder: Path) -> dict[str, str]:

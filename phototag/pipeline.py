@@ -37,6 +37,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker
+from phototag.exiftool import MetadataError
 from phototag.failures import MAX_TRIES, PERMANENT, TRANSIENT, is_transient_os_error, os_error_reason
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
@@ -52,7 +53,8 @@ from phototag.index import (
     content_hash,
 )
 from phototag.keywords import keywords_from_caption
-from phototag.metadata import ExifToolSession, ExistingMetadata, MetadataError, local_time_iso
+from phototag.metadata import ExifToolSession
+from phototag.mwg import ExistingMetadata, local_time_iso
 
 log = logging.getLogger(__name__)
 

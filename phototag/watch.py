@@ -31,7 +31,7 @@ from phototag.config import Settings
 from phototag.daemon_state import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex
-from phototag.metadata import TEMP_MARKER, ExifToolSession
+from phototag.metadata import ExifToolSession
 from phototag.pipeline import (
     CAPTIONED,
     FAILED_OUTCOME,
@@ -43,6 +43,7 @@ from phototag.pipeline import (
     Pipeline,
     error_line,
 )
+from phototag.safe_write import TEMP_MARKER
 from phototag.scan import walk_photos
 from phototag.sweep import sweep, sweepable
 

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from phototag.cli import main
-from phototag.metadata import RAW_EXTENSIONS, is_temp_name
+from phototag.formats import RAW_EXTENSIONS
+from phototag.safe_write import is_temp_name
 from tests.conftest import CORPUS
 from tests.test_metadata import allowed_changes, changed_tags, exiftool_json, pixels, sha256
 from tests.test_metadata_cli import rows

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from phototag.cli import main
-from phototag.metadata import clean_stale_temps, is_temp_name
+from phototag.safe_write import clean_stale_temps, is_temp_name
 from tests.conftest import REPO, copy_from_corpus
 from tests.test_metadata import allowed_changes, changed_tags, exiftool_json, pixels, sha256
 

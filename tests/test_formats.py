@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from phototag import formats, imaging, metadata
+from phototag import formats, imaging, sidecars
 from phototag.cli import main
 from phototag.config import Settings
 from phototag.index import PhotoIndex
@@ -41,10 +41,10 @@ def test_every_raw_extension_is_watched_and_treated_as_raw(tmp_path: Path, setti
         daemon = WatchDaemon(settings, [tmp_path], index=index, exiftool=exiftool)
         for ext in sorted(formats.RAW_EXTENSIONS):
             assert daemon._watched(str(tmp_path / f"IMG_1{ext.upper()}")), ext
-            assert metadata.is_raw(tmp_path / f"IMG_1{ext}") and imaging.is_raw_path(f"IMG_1{ext}"), ext
+            assert sidecars.is_raw(tmp_path / f"IMG_1{ext}") and imaging.is_raw_path(f"IMG_1{ext}"), ext
     index.close()
     assert not formats.is_raw_path("a.jpg") and not formats.is_raw_path("a.heic")
-    assert imaging.IMAGE_EXTENSIONS is formats.IMAGE_EXTENSIONS and metadata.RAW_EXTENSIONS is formats.RAW_EXTENSIONS
+    assert imaging.IMAGE_EXTENSIONS is formats.IMAGE_EXTENSIONS and sidecars.is_raw_path is formats.is_raw_path
 
 
 def test_no_second_copy_of_the_extension_lists() -> None:

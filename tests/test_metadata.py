@@ -19,19 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from phototag import metadata
-from phototag.metadata import (
-    EXIFTOOL_MISSING,
-    RAW_EXTENSIONS,
-    ExifToolSession,
-    ExistingMetadata,
-    MetadataError,
-    WriteResult,
-    escape_value,
-    is_junk_description,
-    normalize_caption,
-    sidecar_path,
-)
+from phototag import metadata, mwg, safe_write
+from phototag.exiftool import EXIFTOOL_MISSING, MetadataError, escape_value
+from phototag.formats import RAW_EXTENSIONS
+from phototag.metadata import ExifToolSession, WriteResult
+from phototag.mwg import ExistingMetadata, is_junk_description, normalize_caption
+from phototag.sidecars import sidecar_path
 from tests.conftest import read_only_folder
 
 CORPUS = Path(os.environ.get("PHOTOTAG_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
@@ -233,32 +226,32 @@ def test_sidecar_path_naming() -> None:
 
 
 def test_temp_path_is_hidden_beside_the_target_and_keeps_the_extension() -> None:
-    host, pid = metadata.HOST_TAG, os.getpid()
-    first = metadata.temp_path(Path("/d/IMG_1.jpg"))
+    host, pid = safe_write.HOST_TAG, os.getpid()
+    first = safe_write.temp_path(Path("/d/IMG_1.jpg"))
     assert re.fullmatch(rf"\.IMG_1\.jpg\.phototag-tmp-{host}-{pid}-[0-9a-f]{{8}}\.jpg", first.name), first
-    assert first.parent == Path("/d") and metadata.is_temp_name(first.name)
-    assert metadata.temp_owner(first.name) == (host, pid)
-    sidecar = metadata.temp_path(Path("/d/a.nef.xmp"), pid=1234)
+    assert first.parent == Path("/d") and safe_write.is_temp_name(first.name)
+    assert safe_write.temp_owner(first.name) == (host, pid)
+    sidecar = safe_write.temp_path(Path("/d/a.nef.xmp"), pid=1234)
     assert re.fullmatch(rf"\.a\.nef\.xmp\.phototag-tmp-{host}-1234-[0-9a-f]{{8}}\.xmp", sidecar.name), sidecar
-    long = metadata.temp_path(Path("/d/" + "é" * 120 + ".heic"))
+    long = safe_write.temp_path(Path("/d/" + "é" * 120 + ".heic"))
     assert (
         long.parent == Path("/d")
         and long.name.endswith(".heic")
         and len(os.fsencode(long.name + "_exiftool_tmp")) <= 255
-        and metadata.temp_owner(long.name) == (host, pid)
+        and safe_write.temp_owner(long.name) == (host, pid)
     )
     # older phototags' names are still temp names, without an owner
     old_name = ".IMG_1.jpg.phototag-tmp.jpg"
-    assert metadata.is_temp_name(old_name) and metadata.temp_owner(old_name) is None
+    assert safe_write.is_temp_name(old_name) and safe_write.temp_owner(old_name) is None
 
 
 def test_two_writers_never_share_a_temp_name() -> None:
     """Each write gets its own temp (pid + random part), so one writer never deletes another's."""
     target = Path("/d/IMG_1.jpg")
-    names = {metadata.temp_path(target).name for _ in range(50)}
+    names = {safe_write.temp_path(target).name for _ in range(50)}
     assert len(names) == 50
-    other = metadata.temp_path(target, pid=os.getpid() + 1)
-    assert other.name not in names and metadata.temp_owner(other.name) == (metadata.HOST_TAG, os.getpid() + 1)
+    other = safe_write.temp_path(target, pid=os.getpid() + 1)
+    assert other.name not in names and safe_write.temp_owner(other.name) == (safe_write.HOST_TAG, os.getpid() + 1)
 
 
 def test_raw_extensions() -> None:
@@ -534,7 +527,7 @@ def test_a_temp_left_beside_the_photo_neither_blocks_a_write_nor_is_touched_by_i
     """A write uses a temp of its own; another's (a crash's, or a live writer's) is left to
     clean_stale_temps, which knows whether its writer still runs."""
     photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
-    others = [tmp_path / ".Canon_40D.jpg.phototag-tmp.jpg", metadata.temp_path(photo, pid=os.getpid() + 1)]
+    others = [tmp_path / ".Canon_40D.jpg.phototag-tmp.jpg", safe_write.temp_path(photo, pid=os.getpid() + 1)]
     for other in others:
         other.write_bytes(b"half-written junk")
     session.write(photo, CAPTION)
@@ -565,8 +558,8 @@ def test_read_is_one_exiftool_call(
     photo = copy_from_corpus(tmp_path, "raw/Nikon.nef")
     shutil.copyfile(DATA / "darktable_sidecar.xmp", sidecar_path(photo))
     calls = []
-    real = session._run
-    monkeypatch.setattr(session, "_run", lambda args: calls.append(args) or real(args))
+    real = session.exiftool.run
+    monkeypatch.setattr(session.exiftool, "run", lambda args: calls.append(args) or real(args))
     found = session.read(photo)
     assert len(calls) == 1
     assert found.keywords == ("holiday",) and found.original["sidecar"]["exists"] is True
@@ -690,7 +683,7 @@ def test_partial_write_falls_back_to_sidecar(
 ) -> None:
     photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
     digest = sha256(photo)
-    real = metadata.caption_problems
+    real = safe_write.caption_problems
 
     def embed_lost_exif(tags: dict, caption: str, keywords: list, **kw: bool) -> list[str]:
         if kw.get("exif", True):  # the embedded read-back: pretend EXIF did not take the caption
@@ -711,12 +704,12 @@ def test_unexpected_changes_rules() -> None:
     }  # fmt: skip
     same = {**before, "IFD0:ImageDescription": "new", "IFD1:ThumbnailOffset": "140", "System:FileSize": "12"}
     del same["XMP-darktable:Masks_history"]
-    assert metadata.unexpected_changes(before, {**same, "IFD0:Artist": "added tags are not losses"}) == []
-    assert metadata.unexpected_changes(before, {**same, "IFD0:Make": "Nikon"}) == [
+    assert safe_write.unexpected_changes(before, {**same, "IFD0:Artist": "added tags are not losses"}) == []
+    assert safe_write.unexpected_changes(before, {**same, "IFD0:Make": "Nikon"}) == [
         "IFD0:Make changed from 'NIKON' to 'Nikon'"
     ]
     del same["XMP-acme:Project"]
-    assert metadata.unexpected_changes(before, same) == ["XMP-acme:Project removed"]
+    assert safe_write.unexpected_changes(before, same) == ["XMP-acme:Project removed"]
 
 
 @needs_corpus
@@ -725,7 +718,7 @@ def test_write_that_would_touch_another_tag_falls_back(
 ) -> None:
     photo = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")
     digest = sha256(photo)
-    real = metadata.embed_args
+    real = mwg.embed_args
 
     def sloppy_args(*args: object) -> tuple[list[str], bool]:  # a bug that also rewrites the camera model
         found, iptc = real(*args)
@@ -783,7 +776,7 @@ def test_failed_replace_raises_and_cleans_up(
     def disk_full(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metadata.os, "replace", disk_full)
+    monkeypatch.setattr(safe_write.os, "replace", disk_full)
     with pytest.raises(MetadataError, match="No space left"):
         session.write(photo, CAPTION)
     assert sha256(photo) == digest
@@ -895,10 +888,11 @@ def test_exiftool_dying_mid_call_fails_the_call_and_restarts(corpus: Path) -> No
     import contextlib
     import signal
 
-    from phototag.metadata import ExifToolSession, MetadataError
+    from phototag.exiftool import MetadataError
+    from phototag.metadata import ExifToolSession
 
     with ExifToolSession() as session:
-        pid = session._helper._process.pid
+        pid = session.exiftool.pid
         def kill() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -907,6 +901,6 @@ def test_exiftool_dying_mid_call_fails_the_call_and_restarts(corpus: Path) -> No
         started = time.monotonic()
         with pytest.raises(MetadataError, match="exiftool"):
             for _ in range(200):  # a slow read of the whole corpus, many times, until the kill lands
-                session._run(["-j", "-a", "-G1", "-r", str(corpus)])
+                session.exiftool.run(["-j", "-a", "-G1", "-r", str(corpus)])
         assert time.monotonic() - started < 30
         assert session.read(corpus / "jpg/Canon_40D.jpg").description is None  # a fresh exiftool answers

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from phototag.cli import main
-from phototag.metadata import temp_path
+from phototag.safe_write import temp_path
 from tests.conftest import copy_from_corpus, dead_pid, read_only_folder
 from tests.test_metadata import DATA, changed_tags, exiftool_json, sha256
 

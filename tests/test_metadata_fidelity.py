@@ -15,19 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from phototag import metadata
-from phototag.metadata import (
-    ExifToolSession,
-    MetadataError,
-    RestoreResult,
-    clean_stale_temps,
-    if_present_values,
-    restore_args,
-    sidecar_for,
-    sidecar_path,
-    temp_path,
-    ucs2,
-)
+from phototag import restore
+from phototag.exiftool import MetadataError
+from phototag.metadata import ExifToolSession
+from phototag.mwg import if_present_values, ucs2
+from phototag.restore import RestoreResult, restore_args
+from phototag.safe_write import clean_stale_temps, temp_path
+from phototag.sidecars import sidecar_for, sidecar_path
 from tests.conftest import dead_pid
 from tests.test_metadata import (  # noqa: F401 - _independent_reader is an autouse fixture
     CAPTION,
@@ -329,19 +323,19 @@ def test_failed_restore_leaves_the_photo_alone(
     original = session.read(photo).original
     session.write(photo, CAPTION)
     digest = sha256(photo)
-    real = metadata.restore_args
+    real = restore.restore_args
 
     def sloppy(*args: object) -> tuple[list[str], dict]:  # a bug that would also change the camera model
         found, targets = real(*args)
         return [*found, "-IFD0:Model=Something Else"], targets
 
-    monkeypatch.setattr(metadata, "restore_args", sloppy)
+    monkeypatch.setattr(restore, "restore_args", sloppy)
     with pytest.raises(MetadataError, match="IFD0:Model changed") as info:
         session.restore(photo, original)
     assert "\n" not in str(info.value)
     assert sha256(photo) == digest and stray_temp_files(tmp_path) == []
     photo.chmod(0o444)
-    monkeypatch.setattr(metadata, "restore_args", real)
+    monkeypatch.setattr(restore, "restore_args", real)
     with pytest.raises(MetadataError, match="read-only"):
         session.restore(photo, original)
 

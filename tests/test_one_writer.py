@@ -25,7 +25,8 @@ from PIL import Image
 
 from phototag.cli import main
 from phototag.daemon_state import read_state
-from phototag.metadata import ExifToolSession, clean_stale_temps, temp_path
+from phototag.metadata import ExifToolSession
+from phototag.safe_write import clean_stale_temps, temp_path
 from tests.conftest import REPO, copy_from_corpus
 from tests.conftest import wait_until as wait_for
 

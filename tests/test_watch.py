@@ -33,8 +33,9 @@ from phototag.cli import main
 from phototag.config import ModelSettings, Settings, WatchSettings
 from phototag.daemon_state import AlreadyRunning, DaemonLock, daemon_status
 from phototag.index import Photo, PhotoIndex
-from phototag.metadata import TEMP_MARKER, ExifToolSession
+from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
+from phototag.safe_write import TEMP_MARKER
 from phototag.watch import Settler, WatchDaemon, distinct_roots, is_ignored_name
 from tests.conftest import REPO
 from tests.conftest import wait_until as wait_for

@@ -17,8 +17,10 @@ from phototag import last_run
 from phototag.cli import AppContext, pass_app
 from phototag.cli.options import apply_model_options, model_options, open_index
 from phototag.cli.progress import Progress
-from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
+from phototag.exiftool import MetadataError
+from phototag.metadata import ExifToolSession
 from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
+from phototag.safe_write import clean_stale_temps
 from phototag.scan import count_photos, walk_photos
 from phototag.sweep import sweep
 

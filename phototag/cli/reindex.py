@@ -122,7 +122,9 @@ def _warm_vector_cache(db: Path, model: str) -> None:
 def _dates(index: PhotoIndex, exiftool_path: str | None, progress_on: bool) -> None:
     from sqlalchemy import func, select
 
-    from phototag.metadata import ExifToolSession, MetadataError, local_time_iso
+    from phototag.exiftool import MetadataError
+    from phototag.metadata import ExifToolSession
+    from phototag.mwg import local_time_iso
 
     missing = (Photo.status == DONE) & Photo.taken_at.is_(None)
     with index.session() as session:

@@ -10,8 +10,9 @@ import click
 
 from phototag.cli import AppContext, pass_app
 from phototag.cli.progress import Progress
+from phototag.exiftool import MetadataError
 from phototag.index import RESTORED, SOURCE_MODEL, Photo, PhotoIndex, count_rows, iter_rows, mark_restored
-from phototag.metadata import ExifToolSession, MetadataError
+from phototag.metadata import ExifToolSession
 from phototag.pipeline import FAILED_OUTCOME, Outcome
 from phototag.sweep import mark_missing
 

@@ -46,7 +46,9 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     """
     from phototag.cli.options import open_index
     from phototag.daemon_state import AlreadyRunning, DaemonLock
-    from phototag.metadata import ExifToolSession, MetadataError, clean_stale_temps
+    from phototag.exiftool import MetadataError
+    from phototag.metadata import ExifToolSession
+    from phototag.safe_write import clean_stale_temps
     from phototag.watch import WatchDaemon
 
     settings = apply_model_options(app, model_values)
