@@ -4,8 +4,9 @@ A write never edits a photo (or sidecar) in place. ExifTool writes a hidden temp
 (:func:`temp_path`); both are read back and compared (the caption landed, no other tag changed:
 :func:`caption_problems`, :func:`unexpected_changes`); only then does the temp copy take the
 original's permissions, owner and extended attributes, get flushed to disk and atomically replace it
-(:func:`safe_edit`). Any refusal or failure leaves the original byte-identical and no temp file
-behind; :func:`clean_stale_temps` removes the temp files a crash left.
+(:func:`safe_edit`), keeping the original's mtime when asked (``keep_mtime``). Any refusal or failure
+leaves the original byte-identical and no temp file behind; :func:`clean_stale_temps` removes the
+temp files a crash left.
 """
 
 from __future__ import annotations
