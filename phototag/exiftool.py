@@ -47,10 +47,15 @@ EXIFTOOL_MISSING = (
 
 
 class MetadataError(Exception):
-    """A metadata read or write failed; ``str(e)`` is a one-line reason naming the file."""
+    """A metadata read or write failed; ``str(e)`` is a one-line reason naming the file.
 
-    def __init__(self, message: str) -> None:
+    ``transient``: the trouble was not the photo's (disk full, I/O error, exiftool died), so a later run
+    may retry it (see :mod:`phototag.failures`).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(" ".join(str(message).split()))
+        self.transient = transient
 
 
 def escape_value(value: str) -> str:
@@ -294,12 +299,15 @@ class ExifTool:
                 raise MetadataError("exiftool session is closed")
             if not self.running:
                 self._stop()
-                self._start()
+                try:
+                    self._start()
+                except MetadataError as exc:  # it ran before: not this photo's fault
+                    raise MetadataError(str(exc), transient=True) from exc
             try:
                 stdout, stderr, status = self._execute(args)
             except (OSError, ValueError) as exc:  # the process died or the protocol broke: start afresh next time
                 self._stop()
-                raise MetadataError(f"exiftool stopped unexpectedly: {exc}") from exc
+                raise MetadataError(f"exiftool stopped unexpectedly: {exc}", transient=True) from exc
         return stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), status
 
     def version(self) -> str:

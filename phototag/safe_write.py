@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from phototag.exiftool import ExifTool, MetadataError, has_line_break, one_line
+from phototag.failures import disk_full, file_size, is_transient_os_error, os_error_reason
 from phototag.mwg import (
     EXIF_DESCRIPTION,
     IPTC_CAPTION,
@@ -366,7 +367,7 @@ def safe_edit(
         if status != 0 or not tmp.is_file() or (exists and tmp.stat().st_size == 0):
             message = one_line(stderr, target, tmp, *exiftool.aliases(target, tmp))
             if _IO_ERROR.search(message):
-                raise MetadataError(f"{target}: exiftool could not write: {message}")
+                raise _write_error(target, message)
             raise rejected(f"exiftool refused to write it ({message})")
         records = exiftool.read_json([target, tmp] if exists else [tmp], everything=True)
         problem = check(records[0] if exists else {}, records[-1])
@@ -374,6 +375,15 @@ def safe_edit(
             raise rejected(problem)
         _commit(tmp, target, mode_from=target if exists else None, keep_mtime=keep_mtime and exists)
     except OSError as exc:
-        raise MetadataError(f"{target}: {exc.strerror or exc}") from exc
+        raise MetadataError(f"{target}: {os_error_reason(exc)}", transient=is_transient_os_error(exc)) from exc
     finally:
         _remove_quietly(*leftovers)
+
+
+def _write_error(target: Path, message: str) -> MetadataError:
+    """exiftool's write error as a reason: it says "Error writing output file" for a full disk, so the
+    free space of the folder decides (the write needed room for a whole temp copy of the file)."""
+    if "no space" in message.lower() or disk_full(target.parent, file_size(target)):
+        return MetadataError(f"{target}: disk full (exiftool: {message})", transient=True)
+    transient = bool(re.search(r"Error (writing|renaming)", message, re.IGNORECASE))  # I/O, not the photo
+    return MetadataError(f"{target}: exiftool could not write: {message}", transient=transient)
