@@ -11,13 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from phototag.exiftool import ExifTool, MetadataError
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -36,18 +36,20 @@ def _jpeg(path: Path) -> Path:
     return path
 
 
-def _wait_gone(pid: int, deadline: float = 60) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"exiftool {pid} still running")
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie child of this process is reaped here)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_gone(pid: int) -> None:
+    wait_until(lambda: _gone(pid), timeout=60, what=f"exiftool {pid} to exit")
 
 
 def test_each_command_gets_its_own_stdout_stderr_and_status(exiftool: ExifTool, tmp_path: Path) -> None:
