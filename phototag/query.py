@@ -15,26 +15,16 @@ import re
 from dataclasses import dataclass, replace
 from datetime import date
 
-STOP_WORDS = frozenset(
-    """a an and are as at be but by for from has have he her his i in into is it its me my of on onto or
-    our she that the their them there these they this those to up was we were what when where which who
-    with you your""".split()
-)
+from phototag.text import STOP_WORDS, words
 
 FIELDS = ("tag", "in", "after", "before")
 
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _TOKEN = re.compile(r'(-?)(?:([A-Za-z]+):(?!//))?(?:"([^"]*)"?|(\S+))', re.UNICODE)
 _DATE = re.compile(r"(\d{4})(?:[-/.](\d{1,2})(?:[-/.](\d{1,2}))?)?")
 
 
 class QueryError(ValueError):
     """A query that cannot mean anything (for example an unknown ``field:``)."""
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` (apostrophes inside a word are dropped: "dog's" -> "dogs")."""
-    return [re.sub(r"['’]", "", w).lower() for w in _WORD.findall(text)]
 
 
 def _quote(term: str) -> str:

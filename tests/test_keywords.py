@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from phototag.keywords import FILLER, keywords_from_caption, singular
-from phototag.query import STOP_WORDS
+from phototag.keywords import FILLER, keywords_from_caption
+from phototag.text import STOP_WORDS, singular
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from phototag.keywords import keywords_from_caption, singular
-from phototag.query import QueryError, parse_query, with_filters, words
+from phototag.keywords import keywords_from_caption
+from phototag.query import QueryError, parse_query, with_filters
+from phototag.text import singular, words
 
 
 def test_stop_words_do_not_hide_results() -> None:
