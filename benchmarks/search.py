@@ -216,8 +216,9 @@ def bench_keyword(db: Path, repeat: int) -> None:
 
 def bench_semantic(db: Path, model: str, repeat: int) -> None:
     from phototag.config import SearchSettings
-    from phototag.embeddings import load_embedder, model_id, query_vector
+    from phototag.embeddings import load_embedder, model_id
     from phototag.query import parse_query
+    from phototag.query_encoder import query_vector
     from phototag.search import HYBRID, SEMANTIC, Finder, connect, vectors_cache_dir
     from phototag.vectors import VectorStore
 

@@ -8,9 +8,9 @@ never pays for it. The model is a hub id or a local folder (``[search] embedding
 - :class:`EmbedWorker` is the pipeline's helper thread: it embeds captions right after they are
   indexed, in batches, so the captioning model never waits for it.
 - :func:`embed_missing` fills in vectors for an existing index (``phototag reindex --embeddings``).
-- :func:`query_vector` embeds a query: by a running daemon when one answers on its socket
-  (:mod:`phototag.embed_socket`), else torch-free (:mod:`phototag.query_encoder`) where the model
-  allows, else by loading the model here.
+
+A search query is embedded by :mod:`phototag.query_encoder` (a running daemon, else torch-free, else
+the model loaded here).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phototag.loading import heavy_loading
@@ -299,30 +298,3 @@ class EmbedWorker:
                         "run 'phototag reindex --embeddings' once the model is available", exc)
         except Exception as exc:  # one failed batch must not stop captioning
             log.warning("embedding %d captions failed: %s", len(batch), exc)
-
-
-# -- queries ----------------------------------------------------------------------------------------
-
-
-_query_embedders: dict[str, Any] = {}
-
-
-def query_vector(model_name: str, query: str, *, socket_path: Path | None = None) -> np.ndarray:
-    """The unit vector of ``query``, by the fastest way at hand: a running daemon that answers on
-    ``socket_path``; else a torch-free numpy pass when the model is a local BERT sentence embedder
-    (all-MiniLM-L6-v2 is); else sentence-transformers (seconds to import and load)."""
-    if socket_path is not None:
-        from phototag.embed_socket import ask
-
-        vector = ask(socket_path, model_id(model_name), query)
-        if vector is not None:
-            return vector
-    key = model_id(model_name)
-    if key not in _query_embedders:
-        from phototag import query_encoder
-
-        _query_embedders[key] = query_encoder.load(model_name)
-    light = _query_embedders[key]
-    if light is not None:
-        return light.encode(query)
-    return load_embedder(model_name).encode([query])[0]

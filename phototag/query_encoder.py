@@ -1,12 +1,15 @@
-"""Embed a search query without torch: a numpy forward pass of a BERT sentence-embedding model.
+"""A search query -> its unit vector, the fastest way at hand, torch-free where the model allows.
+
+:func:`query_vector` asks a running daemon first (:mod:`phototag.embed_socket`), else runs the
+model here in numpy, else loads it with sentence-transformers (:mod:`phototag.embeddings`).
 
 ``phototag search`` by meaning needs one short query embedded. Importing torch and
-sentence-transformers for that takes seconds; this reads the same model files (``config.json``,
-``tokenizer.json``, ``model.safetensors``) and runs the same arithmetic in numpy in well under a
-second from a cold start. It serves only the shape all-MiniLM-L6-v2 has (BertModel, mean pooling,
-normalisation: checked in :func:`supported`); for any other model the caller uses
-sentence-transformers. Its vectors equal sentence-transformers' to about 1e-6 (a test compares
-them), so they rank against caption vectors made by sentence-transformers exactly as well.
+sentence-transformers for that takes seconds; :class:`NumpyBert` reads the same model files
+(``config.json``, ``tokenizer.json``, ``model.safetensors``) and runs the same arithmetic in numpy in
+well under a second from a cold start. It serves only the shape all-MiniLM-L6-v2 has (BertModel, mean
+pooling, normalisation: checked in :func:`supported`); any other model goes to sentence-transformers.
+Its vectors equal sentence-transformers' to about 1e-6 (a test compares them), so they rank against
+caption vectors made by sentence-transformers exactly as well.
 """
 
 from __future__ import annotations
@@ -159,3 +162,27 @@ def load(name: str) -> NumpyBert | None:
         return NumpyBert(folder)
     except Exception:  # an odd file: let sentence-transformers deal with it (and explain)
         return None
+
+
+_loaded: dict[str, NumpyBert | None] = {}  # model id -> its numpy encoder (None: not of that shape)
+
+
+def query_vector(model_name: str, query: str, *, socket_path: Path | None = None) -> np.ndarray:
+    """The unit vector of ``query``, by the fastest way at hand: a running daemon that answers on
+    ``socket_path``; else a torch-free numpy pass when the model is a local BERT sentence embedder
+    (all-MiniLM-L6-v2 is); else sentence-transformers (seconds to import and load)."""
+    from phototag.embeddings import load_embedder, model_id
+
+    if socket_path is not None:
+        from phototag.embed_socket import ask
+
+        vector = ask(socket_path, model_id(model_name), query)
+        if vector is not None:
+            return vector
+    key = model_id(model_name)
+    if key not in _loaded:
+        _loaded[key] = load(model_name)
+    light = _loaded[key]
+    if light is not None:
+        return light.encode(query)
+    return load_embedder(model_name).encode([query])[0]

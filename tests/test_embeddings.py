@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from phototag import query_encoder
-from phototag.embeddings import Embedder, EmbeddingError, EmbedWorker, load_embedder, model_id, query_vector
+from phototag.embeddings import Embedder, EmbeddingError, EmbedWorker, load_embedder, model_id
 from phototag.index import DONE, Photo, PhotoIndex
+from phototag.query_encoder import query_vector
 
 TEXTS = ["puppy at the seaside", "food", "a dog running on the beach", "Ünïcødé 海 犬 🐶", "", "x" * 3000,
          "there is a man sitting on a bench in a park with a red car and a dog"]

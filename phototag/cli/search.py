@@ -130,7 +130,8 @@ def _semantic_side(
         _hint_other_models(conn, key)
         return KEYWORD, None, None
     from phototag.embed_socket import default_socket_path
-    from phototag.embeddings import EmbeddingError, query_vector
+    from phototag.embeddings import EmbeddingError
+    from phototag.query_encoder import query_vector
     from phototag.search import vectors_cache_dir
     from phototag.vectors import VectorStore
 
