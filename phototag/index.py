@@ -10,7 +10,6 @@ happened; the pipeline checks the file before trusting it. A photo no longer on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -31,26 +30,21 @@ from sqlalchemy import (
     event,
     func,
     select,
-    text,
 )
 from sqlalchemy import (
     Index as SqlIndex,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from phototag.query import Query, parse_query
+from phototag.fingerprint import content_hash
+from phototag.migrations import is_current, upgrade
 
 # Status names and caption sources live in phototag.schema (plain sqlite3 readers need them too);
 # they are re-exported here, where the rest of phototag imports them from.
 from phototag.schema import BUSY_TIMEOUT_S, DONE, FAILED, MISSING, PENDING, RESTORED
 from phototag.schema import SOURCE_HUMAN as SOURCE_HUMAN
 from phototag.schema import SOURCE_MODEL as SOURCE_MODEL
-from phototag.search import Finder, SearchHit, connect
-
-SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries,
-# mtime_before_write_ns
 
 
 class Base(DeclarativeBase):
@@ -142,52 +136,6 @@ class PhotoEmbedding(Base):
     __table_args__ = (SqlIndex("ix_embeddings_model", "model"), {"sqlite_autoincrement": True})
 
 
-# FTS5 over the caption and keywords, an external-content table kept in sync by triggers.
-_FTS_DDL = [
-    """CREATE VIRTUAL TABLE IF NOT EXISTS photos_fts USING fts5(
-        caption, keywords, content='photos', content_rowid='id', tokenize='porter unicode61')""",
-    """CREATE TRIGGER IF NOT EXISTS photos_ai AFTER INSERT ON photos BEGIN
-        INSERT INTO photos_fts(rowid, caption, keywords) VALUES (new.id, new.caption, new.keywords);
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS photos_ad AFTER DELETE ON photos BEGIN
-        INSERT INTO photos_fts(photos_fts, rowid, caption, keywords)
-        VALUES ('delete', old.id, old.caption, old.keywords);
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS photos_au AFTER UPDATE OF caption, keywords ON photos BEGIN
-        INSERT INTO photos_fts(photos_fts, rowid, caption, keywords)
-        VALUES ('delete', old.id, old.caption, old.keywords);
-        INSERT INTO photos_fts(rowid, caption, keywords) VALUES (new.id, new.caption, new.keywords);
-    END""",
-]
-
-
-_EMBEDDING_DDL = [
-    """CREATE TRIGGER IF NOT EXISTS photo_embeddings_stale AFTER UPDATE OF caption ON photos
-    WHEN old.caption IS NOT new.caption BEGIN
-        DELETE FROM photo_embeddings WHERE photo_id = old.id;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS photo_embeddings_gone AFTER DELETE ON photos BEGIN
-        DELETE FROM photo_embeddings WHERE photo_id = old.id;
-    END""",
-]
-
-
-def _migrate(conn: Any) -> None:
-    """Bring an older index up to this schema (new tables come from ``create_all``)."""
-    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(photos)"))}
-    if columns and "taken_at" not in columns:
-        conn.execute(text("ALTER TABLE photos ADD COLUMN taken_at VARCHAR"))
-        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_photos_taken_at ON photos (taken_at)"))
-    if columns and "missing_since" not in columns:
-        conn.execute(text("ALTER TABLE photos ADD COLUMN missing_since FLOAT"))
-    if columns and "failure_kind" not in columns:
-        conn.execute(text("ALTER TABLE photos ADD COLUMN failure_kind VARCHAR"))
-    if columns and "tries" not in columns:
-        conn.execute(text("ALTER TABLE photos ADD COLUMN tries INTEGER NOT NULL DEFAULT 0"))
-    if columns and "mtime_before_write_ns" not in columns:
-        conn.execute(text("ALTER TABLE photos ADD COLUMN mtime_before_write_ns INTEGER"))
-
-
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
@@ -204,19 +152,6 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def content_hash(path: Path, head: int = 1 << 20, tail: int = 1 << 16) -> str:
-    """A cheap content fingerprint: size + first 1 MiB + last 64 KiB (finds moved files)."""
-    size = os.path.getsize(path)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(size).encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(head))
-        if size > head:
-            handle.seek(max(head, size - tail))
-            digest.update(handle.read(tail))
-    return digest.hexdigest()
 
 
 def create_private(path: Path) -> None:
@@ -252,28 +187,16 @@ class PhotoIndex:
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
-        """Create or upgrade the schema; a current index is opened without writing anything.
-
-        Two processes opening a new index at once (a daemon starting while `status` runs) can both
-        see no table and both try to create it: the loser retries and then finds it there.
-        """
-        with self.engine.connect() as conn:
-            if conn.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION:
-                return
-        for attempt in range(10):
-            try:
-                with self.engine.begin() as conn:
-                    _migrate(conn)
-                Base.metadata.create_all(self.engine)
-                with self.engine.begin() as conn:
-                    for ddl in _FTS_DDL + _EMBEDDING_DDL:
-                        conn.execute(text(ddl))
-                    conn.execute(text(f"PRAGMA user_version={SCHEMA_VERSION}"))
-                return
-            except OperationalError as exc:
-                if not ("already exists" in str(exc) or "duplicate column" in str(exc)) or attempt == 9:
-                    raise
-                time.sleep(0.02 * (attempt + 1))
+        """Create or upgrade the schema (:mod:`phototag.migrations`: the SQL that makes the tables these
+        models map); a current index is opened without writing anything."""
+        raw = self.engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert isinstance(conn, sqlite3.Connection)  # the engine is always sqlite:/// (pysqlite)
+            if not is_current(conn):
+                upgrade(conn)
+        finally:
+            raw.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -314,18 +237,6 @@ class PhotoIndex:
             if limit:
                 stmt = stmt.limit(limit)
             return list(session.scalars(stmt))
-
-    # -- search ----------------------------------------------------------------------------------
-
-    def search(self, query: str | Query, limit: int = 20) -> list[SearchHit]:
-        """Best-first keyword hits: every content word matched first, then photos matching some of them."""
-        parsed = parse_query(query) if isinstance(query, str) else query
-        conn = connect(self.path)
-        try:
-            return Finder(conn).search(parsed, limit=limit)
-        finally:
-            conn.close()
-
 
 def _under(folder: Path) -> Any:
     """SQL condition: the row's path lies under ``folder``."""

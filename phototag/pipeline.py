@@ -39,6 +39,7 @@ from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker
 from phototag.exiftool import MetadataError
 from phototag.failures import MAX_TRIES, PERMANENT, TRANSIENT, is_transient_os_error, os_error_reason
+from phototag.fingerprint import content_hash
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import (
     DONE,
@@ -50,7 +51,6 @@ from phototag.index import (
     SOURCE_MODEL,
     Photo,
     PhotoIndex,
-    content_hash,
 )
 from phototag.keywords import keywords_from_caption
 from phototag.metadata import ExifToolSession

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phototag.migrations import upgrade
 from phototag.query import Query
 from phototag.schema import BUSY_TIMEOUT_S, DONE
 
@@ -76,11 +77,7 @@ def connect(db: Path) -> sqlite3.Connection:
     """A connection for searching. An index from an older phototag is upgraded first (once)."""
     conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     if not _has_search_schema(conn):
-        conn.close()
-        from phototag.index import PhotoIndex  # SQLAlchemy: only on this rare path
-
-        PhotoIndex(db).close()
-        conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        upgrade(conn)
     return conn
 
 

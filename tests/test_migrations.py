@@ -1,0 +1,96 @@
+"""The index's SQL (phototag.migrations) makes exactly the tables the SQLAlchemy models map, and
+brings an index made by an older phototag up to date, through the index or through a search."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from phototag import migrations
+from phototag.index import Base, Photo, PhotoIndex
+from phototag.query import parse_query
+from phototag.search import Finder, connect
+
+
+def _schema(db: Path) -> dict[str, str]:
+    """name -> SQL (whitespace folded) of every table and index, FTS shadow tables left out."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+    finally:
+        conn.close()
+    return {name: re.sub(r"\s+", " ", sql).replace("( ", "(").replace(" )", ")") for name, sql in rows}
+
+
+def test_the_sql_makes_what_the_models_map(tmp_path: Path) -> None:
+    from_models = tmp_path / "models.sqlite3"
+    engine = create_engine(f"sqlite:///{from_models}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    from_sql = tmp_path / "sql.sqlite3"
+    conn = sqlite3.connect(from_sql)
+    migrations.upgrade(conn)
+    conn.close()
+    models, sql = _schema(from_models), _schema(from_sql)
+    assert {"photos", "photo_embeddings", "ix_photos_taken_at"} <= set(models)
+    assert {name: sql[name] for name in models} == models  # every table and index, column for column
+    assert {"photos_fts", "photos_ai", "photo_embeddings_stale"} <= set(sql)  # plus FTS and triggers
+
+
+def _make_old(db: Path, version: int) -> None:
+    """An index as an older phototag left it, with one done photo: version 1 had no taken_at and no
+    vectors, version 2 no missing_since, failure_kind, tries or mtime_before_write_ns."""
+    index = PhotoIndex(db)
+    with index.transaction() as session:
+        session.add(Photo(path="/p/a.jpg", size=1, mtime_ns=1, status="done", caption="a dog", keywords="dog"))
+    index.close()
+    raw = sqlite3.connect(db)
+    raw.executescript(
+        "ALTER TABLE photos DROP COLUMN missing_since; ALTER TABLE photos DROP COLUMN failure_kind; "
+        "ALTER TABLE photos DROP COLUMN tries; ALTER TABLE photos DROP COLUMN mtime_before_write_ns;"
+    )
+    if version == 1:
+        raw.executescript(
+            "DROP TRIGGER photo_embeddings_stale; DROP TRIGGER photo_embeddings_gone; "
+            "DROP TABLE photo_embeddings; DROP INDEX ix_photos_taken_at; "
+            "ALTER TABLE photos DROP COLUMN taken_at;"
+        )
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.commit()
+    raw.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("opener", ["index", "search"])
+def test_an_older_index_is_upgraded_and_keeps_its_rows(tmp_path: Path, version: int, opener: str) -> None:
+    db = tmp_path / "old.sqlite3"
+    _make_old(db, version)
+    if opener == "index":
+        PhotoIndex(db).close()
+    conn = connect(db)  # the search engine's own connection: upgrades when it lacks what it reads
+    try:
+        upgraded = opener == "index" or version == 1  # a version 2 index has all a search reads
+        expected = migrations.SCHEMA_VERSION if upgraded else version
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == expected
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(photos)")}
+        assert "taken_at" in columns
+        assert all(
+            (name in columns) == upgraded
+            for name in ("missing_since", "failure_kind", "tries", "mtime_before_write_ns")
+        )
+        assert [h.path for h in Finder(conn).search(parse_query("dog after:2000"))] == []
+        assert [h.path for h in Finder(conn).search(parse_query("dog"))] == ["/p/a.jpg"]
+    finally:
+        conn.close()
+    index = PhotoIndex(db)  # the SQLAlchemy side upgrades whatever is left, and reads the rows
+    row = index.get("/p/a.jpg")
+    index.close()
+    assert row is not None and row.caption == "a dog" and row.missing_since is None and row.taken_at is None
+    assert row.tries == 0 and row.failure_kind is None and row.mtime_before_write_ns is None
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+    conn.close()
