@@ -121,19 +121,24 @@ def _sql(statement: str) -> Any:
 
 def store_vectors(index: PhotoIndex, model: str, items: Sequence[tuple[int, str]], vectors: np.ndarray) -> int:
     """Save one vector per (photo id, caption); skipped where the caption changed meanwhile. Returns saved."""
+    with index.engine.begin() as conn:
+        return save_vectors(conn, model, items, vectors)
+
+
+def save_vectors(conn: Any, model: str, items: Sequence[tuple[int, str]], vectors: np.ndarray) -> int:
+    """:func:`store_vectors` inside the caller's transaction (a connection or a session)."""
     from phototag.vectors import vector_bytes
 
     saved = 0
-    with index.engine.begin() as conn:
-        for (photo_id, caption), vector in zip(items, vectors, strict=True):
-            result = conn.execute(
-                _sql(
-                    "INSERT OR REPLACE INTO photo_embeddings (photo_id, model, vector) "
-                    "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption"
-                ),
-                {"model": model, "vector": vector_bytes(vector), "id": photo_id, "caption": caption},
-            )
-            saved += result.rowcount or 0
+    for (photo_id, caption), vector in zip(items, vectors, strict=True):
+        result = conn.execute(
+            _sql(
+                "INSERT OR REPLACE INTO photo_embeddings (photo_id, model, vector) "
+                "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption"
+            ),
+            {"model": model, "vector": vector_bytes(vector), "id": photo_id, "caption": caption},
+        )
+        saved += result.rowcount or 0
     return saved
 
 
@@ -204,13 +209,18 @@ def embed_missing(
 
 # -- the pipeline's helper thread -------------------------------------------------------------------
 
-_STOP = object()
+Store = Callable[[str, Sequence[tuple[int, str]], "np.ndarray"], None]
 
 
 class EmbedWorker:
     """Embeds freshly indexed captions on its own thread. A model that will not load turns it off
     for the run with one warning: captions are still indexed, and ``reindex --embeddings`` adds the
-    vectors later."""
+    vectors later.
+
+    :meth:`close` lets it finish what is queued; :meth:`stop` ends it after the batch in hand (Ctrl-C
+    does not wait for a backlog: captions left without a vector are filled in by ``phototag reindex
+    --embeddings``). ``store`` saves a batch of vectors (default: straight into the index; the
+    pipeline hands them to its one index-writing thread)."""
 
     def __init__(
         self,
@@ -220,18 +230,22 @@ class EmbedWorker:
         loader: Callable[[str], Embedder] = load_embedder,
         batch_size: int = BATCH_SIZE,
         on_index_error: Callable[[BaseException], None] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.index = index
         self._on_index_error = on_index_error
         self.model_name = model_name
         self._loader = loader
         self._batch_size = batch_size
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._store = store
+        self._queue: queue.Queue[list[tuple[int, str]]] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._closing = threading.Event()  # no more input: finish the queue
+        self._stopping = threading.Event()  # stop now: drop the queue
         self.dropped = 0
         self._embedder: Embedder | None = None
         self.disabled_reason: str | None = None
-        self.saved = 0
-        self.thread = threading.Thread(target=self._loop, name="phototag-embed", daemon=True)
+        self.saved = 0  # vectors saved (with ``store``: handed to it)
+        self.thread = threading.Thread(target=self.run, name="phototag-embed", daemon=True)
 
     def start(self) -> EmbedWorker:
         self.thread.start()
@@ -240,7 +254,7 @@ class EmbedWorker:
     def submit(self, items: Sequence[tuple[int, str]]) -> None:
         """Queue (photo id, caption) pairs. Never blocks the caller (the pipeline's writer): if the
         model is still loading and the queue is full, the captions are left for ``reindex``."""
-        if not items or self.disabled_reason is not None:
+        if not items or self.disabled_reason is not None or self._stopping.is_set():
             return
         try:
             self._queue.put_nowait(list(items))
@@ -251,26 +265,27 @@ class EmbedWorker:
             self.dropped += len(items)
 
     def close(self) -> None:
-        """No more input: embed what is queued, then end the thread."""
-        self._queue.put(_STOP)
+        """No more input: embed what is queued, then end the thread. Never blocks."""
+        self._closing.set()
 
-    def _loop(self) -> None:
-        finished = False
-        while not finished:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch: list[tuple[int, str]] = list(item)
+    def stop(self) -> None:
+        """End after the batch in hand; what is queued is left for ``reindex --embeddings``."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
             while len(batch) < self._batch_size:
                 try:
-                    more = self._queue.get_nowait()
+                    batch.extend(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if more is _STOP:
-                    finished = True
-                    break
-                batch.extend(more)
-            if self.disabled_reason is None:
+            if self.disabled_reason is None and not self._stopping.is_set():
                 self._embed(batch)
 
     def _embed(self, batch: list[tuple[int, str]]) -> None:
@@ -284,7 +299,11 @@ class EmbedWorker:
             todo = [(photo_id, caption) for photo_id, caption in latest.items() if photo_id in todo_ids and caption]
             if todo:
                 vectors = self._embedder.encode([caption for _, caption in todo])
-                self.saved += store_vectors(self.index, self._embedder.name, todo, vectors)
+                if self._store is not None:
+                    self._store(self._embedder.name, todo, vectors)
+                    self.saved += len(todo)
+                else:
+                    self.saved += store_vectors(self.index, self._embedder.name, todo, vectors)
         except SQLAlchemyError as exc:
             if self._on_index_error is None:
                 log.warning("embedding %d captions failed: %s", len(batch), str(getattr(exc, "orig", exc)))

@@ -36,6 +36,7 @@ from phototag.index import Photo, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
 from phototag.safe_write import TEMP_MARKER
+from phototag.stages import apply_decision
 from phototag.watch import Settler, WatchDaemon, distinct_roots, is_ignored_name
 from tests.conftest import REPO
 from tests.conftest import wait_until as wait_for
@@ -388,7 +389,10 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
     with ExifToolSession() as exiftool:
         pipeline = Pipeline(watch_settings, index, exiftool)
         for photo in (planned, vanished):
-            assert pipeline.plan(photo) is not None  # marks the rows pending, as the plan stage does
+            decision = pipeline.plan(photo)
+            assert decision.task is not None and decision.pending  # queued work, as the record stage marks it
+            with index.transaction() as session:
+                apply_decision(session, decision)
     with index.transaction() as session:  # what the write stage commits just before writing the file
         row = session.scalar(select(Photo).where(Photo.path == str(planned)))
         row.caption, row.caption_source, row.keywords = "planned words here", "model", "planned words"
