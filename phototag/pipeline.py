@@ -288,10 +288,6 @@ class Pipeline:
 
     # -- stage 1: plan, record, decode -----------------------------------------------------------
 
-    def plan(self, path: Path) -> Decision:
-        """What ``path`` needs (nothing is written: the record stage does that)."""
-        return self.planner.plan(path)
-
     def _decode_loop(self) -> None:
         try:
             while not self._stopping.is_set():

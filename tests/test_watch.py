@@ -389,7 +389,7 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
     with ExifToolSession() as exiftool:
         pipeline = Pipeline(watch_settings, index, exiftool)
         for photo in (planned, vanished):
-            decision = pipeline.plan(photo)
+            decision = pipeline.planner.plan(photo)  # what it needs; nothing written yet
             assert decision.task is not None and decision.pending  # queued work, as the record stage marks it
             with index.transaction() as session:
                 apply_decision(session, decision)
