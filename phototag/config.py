@@ -26,6 +26,22 @@ def data_dir() -> Path:
     return Path(base) / "phototag"
 
 
+def make_private_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) with the new folder itself owner-only (0700).
+
+    Index, lock and state files hold private photos' paths and captions. An existing folder keeps
+    the permissions its owner chose; only one phototag creates is made private.
+    """
+    if folder.exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is reduced by the umask, never widened: be exact
+    except FileExistsError:  # another process made it meanwhile
+        pass
+
+
 def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "phototag"

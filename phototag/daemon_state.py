@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from phototag.config import make_private_dir
+
 
 class AlreadyRunning(Exception):
     """Another phototag (a daemon, a backfill...) is writing the index; the message says which one and
@@ -42,8 +44,9 @@ def writer_lock_path(db: Path) -> Path:
 def _flock_exclusive(path: Path, wait: float) -> IO[str] | None:
     """An open handle holding an exclusive flock on ``path``, or None if another process holds it for
     longer than ``wait`` seconds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")
+    make_private_dir(path.parent)
+    # owner-only: the lock names the pid and command of whoever writes a private index
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", encoding="utf-8")
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -209,7 +212,9 @@ def write_state(db: Path, state: dict[str, Any]) -> None:
     """Replace the state file atomically (a reader never sees half a file)."""
     target = state_path(db)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    # owner-only: the state names the watched folders and the last error (photo paths)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(state, ensure_ascii=False, indent=2) + "\n")
     os.replace(tmp, target)
 
 

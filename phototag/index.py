@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from phototag.config import make_private_dir
 from phototag.fingerprint import content_hash
 from phototag.migrations import is_current, upgrade
 
@@ -161,13 +162,7 @@ def create_private(path: Path) -> None:
     the database file's permissions, so they are owner-only too. An existing file or folder keeps
     the permissions its owner chose.
     """
-    if not path.parent.exists():
-        path.parent.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.parent.mkdir(mode=0o700)
-            os.chmod(path.parent, 0o700)  # mkdir's mode is reduced by the umask, never widened: be exact
-        except FileExistsError:  # another process made it meanwhile
-            pass
+    make_private_dir(path.parent)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:

@@ -217,6 +217,28 @@ def test_new_index_is_private(tmp_path: Path) -> None:
     assert modes[db.name] == 0o600 and len(modes) == 3 and set(modes.values()) == {0o600}, modes
 
 
+def test_every_file_a_backfill_makes_beside_a_new_index_is_private(tmp_path: Path, tiny_model: Path) -> None:
+    """The writer lock is taken before the index opens: the folder it makes must be private too, and
+    the lock and state files (pids, watched folders, photo paths in errors) owner-only."""
+    copy_from_corpus(["jpg/Canon_40D.jpg"], tmp_path / "lib")
+    db = tmp_path / "data" / "phototag" / "index.sqlite3"
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(
+            main, ["--config", str(make_config(tmp_path, tiny_model)), "--db", str(db), "-q", "backfill",
+                   str(tmp_path / "lib")], catch_exceptions=False)
+        from phototag.daemon_state import write_state
+
+        write_state(db, {"pid": os.getpid(), "folders": [str(tmp_path / "lib")]})
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    made = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+    assert any(name.endswith(".writer.lock") for name in made) and any(name.endswith(".daemon.json") for name in made)
+    assert set(made.values()) == {0o600}, made
+
+
 def test_readme_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
