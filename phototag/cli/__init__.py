@@ -1,4 +1,5 @@
-"""The ``phototag`` command line: a thin Click group; each command lives in its own module."""
+"""The ``phototag`` command line: a thin Click group; each command lives in its own module and runs in
+the one :class:`~phototag.cli.context.AppContext`."""
 
 from __future__ import annotations
 
@@ -9,54 +10,9 @@ from pathlib import Path
 import click
 
 from phototag import __version__
-from phototag.config import ConfigError, Settings, load_settings, override
+from phototag.cli.context import AppContext, pass_app
 
-
-class AppContext:
-    """What every command needs: settings (file + global flags), resolved lazily."""
-
-    def __init__(self, config: Path | None, db: Path | None, quiet: bool = False) -> None:
-        self.quiet = quiet  # -q: errors only (no progress line, no summary)
-        self._config = config
-        self._db = db
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            try:
-                settings = load_settings(self._config)
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
-            if self._db is not None:
-                settings = override(settings, "index", db=str(self._db))
-            self._settings = settings
-        return self._settings
-
-    def lock_index(self, command: str) -> None:
-        """Become the index's one writer until the command ends, or stop with one line naming the
-        phototag that writes it now (a daemon, another backfill...) and how to stop it."""
-        from phototag.daemon_state import AlreadyRunning, WriterLock
-
-        db = self.settings.db_path()
-        lock = WriterLock(db, command)
-        try:
-            lock.acquire()
-        except AlreadyRunning as exc:
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:  # e.g. an index folder this user cannot write
-            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
-        click.get_current_context().call_on_close(lock.release)
-
-    def with_overrides(self, section: str, **values: object) -> Settings:
-        try:
-            self._settings = override(self.settings, section, **values)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-        return self._settings
-
-
-pass_app = click.make_pass_decorator(AppContext)
+__all__ = ["AppContext", "main", "pass_app"]
 
 # Command name -> module with a ``command``. Imported only when run (or listed by --help), so
 # ``phototag search`` never imports the captioning pipeline, SQLAlchemy or torch.
@@ -101,4 +57,8 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    ctx.obj = AppContext(config, db, quiet)
+    # every command enters this one context; the group closes it when the command ends, on every exit
+    # path (errors and Ctrl-C included), so no index, exiftool process or lock outlives the command
+    app = AppContext(config, db, quiet)
+    ctx.obj = app
+    ctx.call_on_close(app.close)

@@ -5,20 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 
 from phototag import last_run
-from phototag.cli import AppContext, pass_app
-from phototag.cli.options import apply_model_options, model_options, open_index
+from phototag.cli.context import AppContext, pass_app
+from phototag.cli.options import apply_model_options, dry_run_option, model_options, paths_argument, progress_option
 from phototag.cli.progress import Progress
-from phototag.exiftool import MetadataError
-from phototag.metadata import ExifToolSession
 from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 from phototag.safe_write import clean_stale_temps
 from phototag.scan import count_photos, walk_photos
@@ -26,13 +22,13 @@ from phototag.sweep import sweep
 
 
 @click.command("backfill")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@paths_argument(required=True)
 @model_options
-@click.option("--dry-run", is_flag=True, help="Show what would be written; change nothing on disk.")
+@dry_run_option("Show what would be written; change nothing on disk.")
 @click.option("--retry-failed", is_flag=True, help="Try again photos that failed before and did not change.")
 @click.option("--include-restored", is_flag=True,
               help="Caption again photos that 'phototag restore' put back (skipped otherwise while unchanged).")
-@click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
+@progress_option
 @pass_app
 def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_failed: bool, include_restored: bool,
             no_progress: bool, **model_values: Any) -> None:
@@ -56,14 +52,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
       phototag backfill ~/Pictures/2019 --include-restored
     """
     settings = apply_model_options(app, model_values)
-    roots = []
-    for path in paths:
-        if not path.exists():
-            click.echo(f"phototag: {path}: no such file or folder, skipped", err=True)
-            continue
-        roots.append(Path(os.path.abspath(path.expanduser())))
-    if not roots:
-        raise click.ClickException("none of the given paths exist")
+    roots = app.roots(paths)
     if not dry_run:
         app.lock_index("phototag backfill")  # before anything is written, the stale temps included
 
@@ -76,40 +65,27 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
                 old = _one_field(outcome.old_description or "")
                 click.echo(f"{outcome.path}\t{old}\t{_one_field(outcome.caption or '')}")
 
-    cleanup = ExitStack()
-    db = settings.db_path()
-    if dry_run and not db.exists():  # a dry run creates no index either
-        db = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
-    try:
-        index = open_index(db)
-    except click.ClickException:
-        cleanup.close()
-        raise
-    cleanup.callback(index.close)
-    try:
-        exiftool = ExifToolSession.from_settings(settings.metadata)
-    except MetadataError as exc:
-        cleanup.close()
-        raise click.ClickException(str(exc)) from None
+    index = app.scratch_index() if dry_run else app.index()  # a dry run creates no index
+    exiftool = app.exiftool()
+    db = app.db_path()
     if not dry_run:
         last_run.clear(db)  # this run's outcome replaces the last one's reason
         stale = clean_stale_temps(roots)
         if stale:
             click.echo(f"removed {len(stale)} temp files left by an interrupted run", err=True)
-    with cleanup, exiftool:
-        pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
-                            include_restored=include_restored, on_outcome=outcome_sink).start()
-        threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
-        completed = _feed(pipeline, roots)
-        progress.finish(draw=pipeline.error is None)
-        if completed and not dry_run:
-            swept = sweep(index, roots)
-            for root in swept.skipped_roots:
-                click.echo(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
-                           "its photos in the index are left as they are", err=True)
-            if swept.missing:
-                click.echo(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
-                           "undo data are kept; 'phototag prune' forgets them)", err=True)
+    pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
+                        include_restored=include_restored, on_outcome=outcome_sink).start()
+    threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
+    completed = _feed(pipeline, roots)
+    progress.finish(draw=pipeline.error is None)
+    if completed and not dry_run:
+        swept = sweep(index, roots)
+        for root in swept.skipped_roots:
+            click.echo(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
+                       "its photos in the index are left as they are", err=True)
+        if swept.missing:
+            click.echo(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
+                       "undo data are kept; 'phototag prune' forgets them)", err=True)
     if pipeline.error is not None:
         if not dry_run:  # so `phototag status` can say why photos are still pending
             last_run.record_error(db, "backfill", str(pipeline.error))

@@ -1,33 +1,60 @@
-"""Option stacks, and opening the index, shared by commands that run the captioning pipeline (backfill, watch)."""
+"""Option stacks shared by commands, so a flag means the same (and reads the same in --help) everywhere.
+
+- ``model_options`` (+ ``apply_model_options``): the captioning model's flags (backfill, watch).
+- ``progress_option``: ``--no-progress`` (backfill, restore, reindex).
+- ``dry_run_option``: ``--dry-run`` (backfill, prune); each command says what its dry run shows.
+- ``paths_argument``: the PATHS a command works on (backfill, restore, prune, watch).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from phototag.cli import AppContext
+from phototag.cli.context import AppContext
 from phototag.config import Settings
 
-if TYPE_CHECKING:
-    from phototag.index import PhotoIndex
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+def _stack(options: list[Decorator]) -> Decorator:
+    """One decorator applying ``options`` so they show in --help in the order given."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+model_options = _stack(
+    [
         click.option("--model", help="Hub id or local folder of a BLIP captioning model."),
         click.option("--prompt", help='Conditional prefix, e.g. "a photography of" (stripped from the caption).'),
         click.option("--batch-size", type=click.IntRange(1, 1024), help="Photos per model call."),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Model precision."),
-        click.option("--overwrite", is_flag=True, default=None,
-                     help="Replace descriptions a person wrote (kept by default)."),
+        click.option(
+            "--overwrite", is_flag=True, default=None, help="Replace descriptions a person wrote (kept by default)."
+        ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+)
+
+progress_option = click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
+
+
+def dry_run_option(help: str) -> Decorator:  # noqa: A002 - click's own name for the text
+    """``--dry-run``, with the command's own words for what its dry run shows."""
+    return click.option("--dry-run", is_flag=True, help=help)
+
+
+def paths_argument(*, required: bool = False) -> Decorator:
+    """The PATHS (files or folders) a command works on."""
+    return click.argument("paths", nargs=-1, required=required, type=click.Path(path_type=Path))
 
 
 def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
@@ -49,21 +76,3 @@ def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
-
-
-def open_index(db: Path) -> PhotoIndex:
-    """The index for a command that writes it, or one clear line (no traceback) when it cannot be
-    opened: a folder this user cannot write, a damaged file, a disk that is full."""
-    import sqlite3
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from phototag.index import PhotoIndex
-
-    try:
-        return PhotoIndex(db)
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"cannot open the index {db}: {cause}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the index {db}: {exc.strerror or exc}") from None

@@ -1,4 +1,8 @@
-"""Progress on stderr: counts, rate and ETA; a live line on a terminal, a periodic line elsewhere."""
+"""Progress on stderr: counts, rate and ETA; a live line on a terminal, a periodic line elsewhere.
+
+``Progress`` counts pipeline outcomes by kind (backfill, watch, restore); ``CountProgress`` counts work
+done out of a known total (reindex).
+"""
 
 from __future__ import annotations
 
@@ -120,3 +124,33 @@ class Progress:
         if c[WOULD_WRITE]:
             parts.insert(0, f"would caption {c[WOULD_WRITE]}")
         return ", ".join(parts)
+
+
+class CountProgress:
+    """``label: done/total (pct)  rate/s  ETA`` on stderr: redrawn on a terminal, every 10 s elsewhere."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled and total > 0
+        self._tty = sys.stderr.isatty()
+        self._start = self._last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self._last >= (0.2 if self._tty else 10.0) or self.done >= self.total):
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self._start, 1e-6)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        line = (f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)  {rate:.0f}/s  "
+                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        sys.stderr.write(("\r\033[K" + line) if self._tty else line + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self._tty:
+            sys.stderr.write("\n")

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 
-from phototag.cli import AppContext, pass_app
-from phototag.index import PhotoIndex
+from phototag.cli.context import AppContext, absolute, pass_app, verbosity
+from phototag.cli.options import dry_run_option, paths_argument
 from phototag.sweep import has_undo_data, missing_rows, prune
 
 DAY_S = 86400.0
 
 
 @click.command("prune")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@paths_argument()
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), metavar="DAYS",
               help="Only photos missing for at least DAYS days.")
-@click.option("--dry-run", is_flag=True, help="List what would be forgotten; change nothing.")
+@dry_run_option("List what would be forgotten; change nothing.")
 @click.pass_context
 @pass_app
 def command(app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_than: float | None,
@@ -40,29 +39,23 @@ def command(app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_
       phototag prune --older-than 30           # missing for a month or more
       phototag -v prune /mnt/nas/photos/2012   # only under a folder, listing each photo with undo data
     """
-    db = app.settings.db_path()
-    if not db.exists():
-        raise click.ClickException(f"no index at {db}: nothing to prune")
-    roots = [Path(os.path.abspath(p.expanduser())) for p in paths] or None
-    verbose = (ctx.parent.params.get("verbose") or 0) if ctx.parent is not None else 0
+    app.existing_db("nothing to prune")
+    roots = absolute(paths) or None
     if not dry_run:
         app.lock_index("phototag prune")  # a daemon beside it may be bringing a missing row back
-    index = PhotoIndex(db)
-    try:
-        rows = missing_rows(index, older_than_s=None if older_than is None else older_than * DAY_S, paths=roots)
-        with_undo = [row for row in rows if has_undo_data(row)]
-        if dry_run or verbose:
-            for row in with_undo:
-                since = time.strftime("%Y-%m-%d", time.localtime(row.missing_since)) if row.missing_since else "?"
-                click.echo(f"{row.path}\tmissing since {since}\tundo data: original metadata of phototag's caption")
-        if dry_run:
-            click.echo(f"dry run: would forget {len(rows)} missing photos; {len(with_undo)} of them have undo "
-                       "data (original metadata) that would be dropped", err=True)
-            return
-        forgotten = prune(index, rows)
-        dropped = sum(1 for row in forgotten if has_undo_data(row))
-    finally:
-        index.close()
+    index = app.index()
+    rows = missing_rows(index, older_than_s=None if older_than is None else older_than * DAY_S, paths=roots)
+    with_undo = [row for row in rows if has_undo_data(row)]
+    if dry_run or verbosity(ctx):
+        for row in with_undo:
+            since = time.strftime("%Y-%m-%d", time.localtime(row.missing_since)) if row.missing_since else "?"
+            click.echo(f"{row.path}\tmissing since {since}\tundo data: original metadata of phototag's caption")
+    if dry_run:
+        click.echo(f"dry run: would forget {len(rows)} missing photos; {len(with_undo)} of them have undo "
+                   "data (original metadata) that would be dropped", err=True)
+        return
+    forgotten = prune(index, rows)
+    dropped = sum(1 for row in forgotten if has_undo_data(row))
     if not rows:
         click.echo("no missing photos to forget", err=True)
         return

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from phototag.cli import AppContext, pass_app
+from phototag.cli.context import AppContext, pass_app
 from phototag.query import QueryError, parse_query, with_filters
-from phototag.search import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchError, SearchHit, connect, has_vectors
+from phototag.search import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchError, SearchHit, has_vectors
 
 if TYPE_CHECKING:
     import sqlite3
@@ -98,9 +98,7 @@ def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | Non
         raise click.UsageError("nothing to search for: give words, a phrase or a filter")
     settings = app.settings
     db = settings.db_path()
-    if not db.exists():
-        raise click.ClickException(f"no index at {db}: run 'phototag backfill PATH' first")
-    conn = connect(db)
+    conn = app.search_connection()
     finder = Finder(conn)
     mode, store, embed = _semantic_side(conn, db, settings.embedding_model(), parsed, mode)
     try:
@@ -111,7 +109,7 @@ def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | Non
     hits = [hit for hit in found if os.path.exists(hit.path)][:limit]
     _print(hits, fmt)
     if html_file is not None or open_sheet:
-        _contact_sheet(hits, html_file, text, mode, open_sheet)
+        _contact_sheet(app, hits, html_file, text, mode, open_sheet)
 
 
 def _semantic_side(
@@ -175,31 +173,22 @@ def _print(hits: list[SearchHit], fmt: str) -> None:
             click.echo(hit.path)
 
 
-def _contact_sheet(hits: list[SearchHit], target: Path | None, text: str, mode: str, open_sheet: bool) -> None:
+def _contact_sheet(app: AppContext, hits: list[SearchHit], target: Path | None, text: str, mode: str,
+                   open_sheet: bool) -> None:
     from phototag.contact_sheet import Thumbnails, thumbnails_dir, write_contact_sheet
 
     if target is None:
         from phototag.config import data_dir
 
         target = data_dir() / "contact-sheet.html"
-    exiftool = None
-
     def raw_preview(path: Path) -> bytes | None:
-        nonlocal exiftool
-        if exiftool is None:
-            from phototag.metadata import ExifToolSession
-
-            exiftool = ExifToolSession()
-        return exiftool.preview(path)
+        return app.exiftool().preview(path)  # started for the first RAW only; ends with the command
 
     try:
         written = write_contact_sheet(hits, target, Thumbnails(thumbnails_dir(), raw_preview=raw_preview),
                                       query=text, mode=mode)
     except OSError as exc:
         raise click.ClickException(f"cannot write the contact sheet {target}: {exc.strerror or exc}") from None
-    finally:
-        if exiftool is not None:
-            exiftool.close()
     click.echo(f"contact sheet: {written} ({len(hits)} photos)", err=True)
     if open_sheet:
         import webbrowser

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from phototag.cli import AppContext, pass_app
-from phototag.index import MISSING, PhotoIndex
+from phototag.cli.context import AppContext, pass_app
+from phototag.index import MISSING
 
 
 @click.command("show")
@@ -26,9 +26,8 @@ def command(app: AppContext, path: Path, as_json: bool) -> None:
       phototag show ~/Pictures/IMG_0001.JPG
       phototag show ~/Pictures/IMG_0001.JPG --json | jq .caption
     """
-    db = app.settings.db_path()
     absolute = os.path.abspath(path.expanduser())
-    row = PhotoIndex(db).get(absolute) if db.exists() else None
+    row = app.index().get(absolute) if app.db_path().exists() else None
     if row is None:
         raise click.ClickException(f"{absolute} is not in the index")
     data = row.as_dict()

@@ -9,10 +9,10 @@ from typing import Any
 import click
 
 from phototag import last_run
-from phototag.cli import AppContext, pass_app
+from phototag.cli.context import AppContext, pass_app
 from phototag.daemon_state import daemon_status
 from phototag.failures import MAX_TRIES, TRANSIENT
-from phototag.index import DONE, FAILED, MISSING, PENDING, RESTORED, PhotoIndex
+from phototag.index import DONE, FAILED, MISSING, PENDING, RESTORED
 
 
 @click.command("status")
@@ -34,14 +34,14 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
       phototag status
       phototag status --json
     """
-    db = app.settings.db_path()
+    db = app.db_path()
     if not db.exists():
         if as_json:
             click.echo(json.dumps({"index": str(db), "exists": False, "daemon": daemon_status(db)}))
         else:
             click.echo(f"no index yet at {db}: run 'phototag backfill PATH' first")
         return
-    index = PhotoIndex(db)
+    index = app.index()
     counts = index.counts()
     failed = index.failures(limit=failures or None)
     stopped = last_run.read(db) if counts[PENDING] else None  # why photos wait, if a run stopped early

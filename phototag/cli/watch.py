@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from phototag.cli import AppContext, pass_app
-from phototag.cli.options import apply_model_options, model_options
+from phototag.cli.context import AppContext, pass_app
+from phototag.cli.options import apply_model_options, model_options, paths_argument
 
 if TYPE_CHECKING:
     from phototag.config import Settings
@@ -24,7 +24,7 @@ log = logging.getLogger("phototag.watch")
 
 
 @click.command("watch")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@paths_argument()
 @model_options
 @pass_app
 def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> None:
@@ -44,10 +44,6 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
       phototag watch                           # the config's [watch] folders
       systemctl --user enable --now phototag   # see contrib/phototag.service
     """
-    from phototag.cli.options import open_index
-    from phototag.daemon_state import AlreadyRunning, DaemonLock
-    from phototag.exiftool import MetadataError
-    from phototag.metadata import ExifToolSession
     from phototag.safe_write import clean_stale_temps
     from phototag.watch import WatchDaemon
 
@@ -55,33 +51,15 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     folders = [Path(p) for p in paths] or [Path(p) for p in settings.watch.folders]
     if not folders:
         raise click.UsageError("no folders to watch: give PATH... or set [watch] folders in the config")
-    roots = []
-    for folder in folders:
-        folder = folder.expanduser()
-        if not folder.is_dir():
-            click.echo(f"phototag: {folder}: not a folder, skipped", err=True)
-            continue
-        roots.append(Path(os.path.abspath(folder)))
-    if not roots:
-        raise click.ClickException("none of the folders to watch exist")
+    roots = app.roots(folders, folders=True)
 
     phototag_log = logging.getLogger("phototag")
     if logging.getLogger().level == logging.WARNING:  # no -v or -q: a daemon says what it does
         phototag_log.setLevel(logging.INFO)
 
-    db = settings.db_path()
-    lock = DaemonLock(db)
-    try:
-        lock.acquire()  # first: a second daemon refuses before it touches the index
-    except AlreadyRunning as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # e.g. an index folder this user cannot write
-        raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
-    index = open_index(db)
-    try:
-        exiftool = ExifToolSession.from_settings(settings.metadata)
-    except MetadataError as exc:
-        raise click.ClickException(str(exc)) from None
+    lock = app.daemon_lock()  # first: a second daemon refuses before it touches the index
+    index = app.index()
+    exiftool = app.exiftool()
     stale = clean_stale_temps(roots)  # temps of dead writers (and old ones of other hosts); never a live one's
     if stale:
         log.info("removed %d temp files left by an interrupted run", len(stale))
@@ -101,12 +79,18 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     daemon.start()
-    embed_server = _serve_query_embeddings(settings)
-    while not stop.wait(0.5):
-        if daemon.error is not None:
-            break
-    if embed_server is not None:
-        embed_server.close()
+    try:
+        embed_server = _serve_query_embeddings(settings)
+        try:
+            while not stop.wait(0.5):
+                if daemon.error is not None:
+                    break
+        finally:
+            if embed_server is not None:
+                embed_server.close()
+    except BaseException:
+        daemon.shutdown(watch.stop_timeout)  # its threads stop before the context closes exiftool and the index
+        raise
     finished = daemon.shutdown(watch.stop_timeout)
     if not finished:
         log.error("the batch in flight did not finish within %gs; its photos stay pending and resume on "
@@ -116,8 +100,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)  # threads still busy: leave without waiting (every write is atomic); not a clean stop
-    exiftool.close()
-    index.close()
+    app.close()  # exiftool, index and lock now, before saying so
     if daemon.error is not None:
         raise click.ClickException(str(daemon.error))
     log.info("stopped")

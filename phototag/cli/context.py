@@ -1,0 +1,213 @@
+"""The one context every ``phototag`` command enters and leaves.
+
+``AppContext`` holds the settings (config file + global flags) and opens, only when a command asks,
+what commands share: the index, the exiftool process, the index's writer lock, a search connection,
+the roots to work on. Everything it opens goes on one exit stack, which the ``phototag`` group closes
+when the command ends however it ends (done, a ``ClickException``, ``sys.exit``, Ctrl-C): no command
+leaks an open index, an exiftool child process or a held lock. The last thing opened is closed first,
+so exiftool and the index are closed before the writer lock is released.
+
+Heavy modules (SQLAlchemy, pyexiftool) are imported inside the methods that need them, so
+``phototag search`` in keyword mode still starts without them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from phototag.config import ConfigError, Settings, load_settings, override
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from phototag.daemon_state import DaemonLock
+    from phototag.index import PhotoIndex
+    from phototag.metadata import ExifToolSession
+
+T = TypeVar("T")
+
+
+class AppContext:
+    """What every command needs: settings resolved lazily, and the resources it opens, closed at its end."""
+
+    def __init__(self, config: Path | None, db: Path | None, quiet: bool = False) -> None:
+        self.quiet = quiet  # -q: errors only (no progress line, no summary)
+        self._config = config
+        self._db = db
+        self._settings: Settings | None = None
+        self._resources = ExitStack()
+        self._index: PhotoIndex | None = None
+        self._exiftool: ExifToolSession | None = None
+
+    # -- settings ----------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                settings = load_settings(self._config)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            if self._db is not None:
+                settings = override(settings, "index", db=str(self._db))
+            self._settings = settings
+        return self._settings
+
+    def with_overrides(self, section: str, **values: object) -> Settings:
+        try:
+            self._settings = override(self.settings, section, **values)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        return self._settings
+
+    def db_path(self) -> Path:
+        return self.settings.db_path()
+
+    def existing_db(self, otherwise: str) -> Path:
+        """The index file, or stop with ``no index at DB: <otherwise>`` when there is none yet."""
+        db = self.db_path()
+        if not db.exists():
+            raise click.ClickException(f"no index at {db}: {otherwise}")
+        return db
+
+    # -- resources, each closed when the command ends ----------------------------------------------
+
+    def enter(self, resource: AbstractContextManager[T]) -> T:
+        """Enter ``resource`` now and leave it when the command ends."""
+        return self._resources.enter_context(resource)
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when the command ends (before what was opened earlier is closed)."""
+        self._resources.callback(callback)
+
+    def close(self) -> None:
+        """Close everything the command opened, the last opened first. Safe to call twice."""
+        self._resources.close()
+        self._index = None
+        self._exiftool = None
+
+    def index(self, path: Path | None = None) -> PhotoIndex:
+        """The index (the configured one unless ``path`` is given), opened once and closed at the end."""
+        if self._index is None:
+            index = _open_index(path or self.db_path())
+            self.on_close(index.close)
+            self._index = index
+        return self._index
+
+    def scratch_index(self) -> PhotoIndex:
+        """The configured index if it exists, else a throwaway one (a dry run creates no index)."""
+        db = self.db_path()
+        if not db.exists():
+            db = Path(self.enter(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
+        return self.index(db)
+
+    def search_connection(self) -> sqlite3.Connection:
+        """A plain sqlite3 connection for searching (no SQLAlchemy), closed at the end."""
+        from phototag.search import connect
+
+        conn = connect(self.existing_db("run 'phototag backfill PATH' first"))
+        self.on_close(conn.close)
+        return conn
+
+    def exiftool(self) -> ExifToolSession:
+        """The ``[metadata]`` exiftool session, started once; its process ends with the command."""
+        if self._exiftool is None:
+            from phototag.exiftool import MetadataError
+            from phototag.metadata import ExifToolSession
+
+            try:
+                session = ExifToolSession.from_settings(self.settings.metadata)
+            except MetadataError as exc:
+                raise click.ClickException(str(exc)) from None
+            self.on_close(session.close)
+            self._exiftool = session
+        return self._exiftool
+
+    def lock_index(self, command: str) -> None:
+        """Become the index's one writer until the command ends, or stop with one line naming the
+        phototag that writes it now (a daemon, another backfill...) and how to stop it."""
+        from phototag.daemon_state import AlreadyRunning, WriterLock
+
+        db = self.db_path()
+        lock = WriterLock(db, command)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # e.g. an index folder this user cannot write
+            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
+        self.on_close(lock.release)
+
+    def daemon_lock(self) -> DaemonLock:
+        """The watch daemon's lock (the writer lock included), held until the command ends."""
+        from phototag.daemon_state import AlreadyRunning, DaemonLock
+
+        db = self.db_path()
+        lock = DaemonLock(db)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # e.g. an index folder this user cannot write
+            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
+        self.on_close(lock.release)
+        return lock
+
+    # -- roots -------------------------------------------------------------------------------------
+
+    def roots(self, paths: Iterable[Path], *, folders: bool = False) -> list[Path]:
+        """The given paths that exist (only folders with ``folders``), absolute; the others are
+        skipped with one line each. Stops when none is left."""
+        roots = []
+        for path in paths:
+            path = path.expanduser()
+            if not (path.is_dir() if folders else path.exists()):
+                click.echo(
+                    f"phototag: {path}: {'not a folder' if folders else 'no such file or folder'}, skipped", err=True
+                )
+                continue
+            roots.append(Path(os.path.abspath(path)))
+        if not roots:
+            raise click.ClickException(
+                "none of the folders to watch exist" if folders else "none of the given paths exist"
+            )
+        return roots
+
+
+def _open_index(db: Path) -> PhotoIndex:
+    """The index, or one clear line (no traceback) when it cannot be opened: a folder this user cannot
+    write, a damaged file, a disk that is full."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from phototag.index import PhotoIndex
+
+    try:
+        return PhotoIndex(db)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"cannot open the index {db}: {cause}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the index {db}: {exc.strerror or exc}") from None
+
+
+def absolute(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` made absolute, ``~`` expanded; existing or not (a restore or prune of a gone folder)."""
+    return [Path(os.path.abspath(path.expanduser())) for path in paths]
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def verbosity(ctx: click.Context) -> int:
+    """How many ``-v`` the ``phototag`` group was given."""
+    root = ctx.find_root()
+    return int(root.params.get("verbose") or 0)
