@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from click.testing import CliRunner, Result
 
+from phototag.cli import main
 from phototag.config import IndexSettings, ModelSettings, Settings
 from tests.tiny_blip import build_tiny_blip
 
@@ -63,6 +65,23 @@ def settings(tiny_model: Path, tmp_path: Path) -> Settings:
         model=ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=8, num_beams=1),
         index=IndexSettings(db=str(tmp_path / "index.sqlite3")),
     )
+
+
+def write_config(folder: Path, tiny_model: Path, *, db: Path | None = None, batch_size: int = 4,
+                 extra: str = "") -> Path:
+    """``folder/config.toml``: the tiny model on the CPU, the index at ``db`` (default
+    ``folder/index.sqlite3``), then ``extra`` TOML (more sections)."""
+    config = folder / "config.toml"
+    config.write_text(
+        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = {batch_size}\nmax_new_tokens = 8\n'
+        f'num_beams = 1\n[index]\ndb = "{db or folder / "index.sqlite3"}"\n{extra}'
+    )
+    return config
+
+
+def run_cli(config: Path, *args: str, catch_exceptions: bool = False) -> Result:
+    """``phototag --config CONFIG ARGS...`` in this process."""
+    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=catch_exceptions)
 
 
 def copy_from_corpus(names: list[str], dest: Path) -> list[Path]:
@@ -118,3 +137,37 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+# -- what a command leaves behind ------------------------------------------------------------------
+
+
+def child_processes() -> list[str]:
+    """The live child processes of this test process ("pid name"), zombies left out."""
+    me = str(os.getpid())
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        name, _, rest = stat.rpartition(")")
+        state, ppid = rest.split()[:2]
+        if ppid == me and state != "Z":
+            children.append(f"{entry.name} {name.partition('(')[2]}")
+    return children
+
+
+def open_handles(db: Path) -> list[str]:
+    """The files of the index ``db`` (itself, its -wal and -shm) this process has open."""
+    handles = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # the fd listing itself, closed meanwhile
+            continue
+        if target.startswith(str(db)):
+            handles.append(target)
+    return handles
