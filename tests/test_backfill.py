@@ -10,13 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from PIL import Image
 
-from phototag.cli import main
 from phototag.imaging import load_rgb
 from phototag.index import PhotoIndex
-from tests.conftest import copy_from_corpus
+from tests.conftest import copy_from_corpus, rgb_pixels, write_config
+from tests.conftest import run_cli as run
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -35,11 +33,6 @@ def exiftool_json(*paths: Path, args: tuple[str, ...] = ("-G", "-n")) -> list[di
     return json.loads(out.stdout) if out.stdout.strip() else []
 
 
-def pixels(path: Path) -> bytes:
-    with Image.open(path) as image:
-        return image.convert("RGB").tobytes()
-
-
 @pytest.fixture
 def library(tmp_path: Path, corpus: Path) -> Path:
     lib = tmp_path / "Pictures"
@@ -54,23 +47,13 @@ def library(tmp_path: Path, corpus: Path) -> Path:
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_model: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
-    return path
-
-
-def run(config: Path, *args: str) -> Result:
-    result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
-    return result
+    return write_config(tmp_path, tiny_model)
 
 
 def test_backfill_captions_writes_metadata_and_search_finds(library: Path, config: Path, tmp_path: Path) -> None:
     photos = sorted(p for p in library.rglob("*") if p.is_file())
     before = {p: exiftool_json(p)[0] for p in photos if p.suffix.lower() not in (".jpg",) or p.stat().st_size}
-    before_pixels = {p: pixels(p) for p in photos if p.parent.name == "2019" and p.suffix.lower() not in
+    before_pixels = {p: rgb_pixels(p) for p in photos if p.parent.name == "2019" and p.suffix.lower() not in
                      (".nef", ".dng")}
     before_bytes = {p: p.read_bytes() for p in photos}
 
@@ -100,7 +83,7 @@ def test_backfill_captions_writes_metadata_and_search_finds(library: Path, confi
         after = exiftool_json(path, args=("-G1", "-XMP-dc:Description", "-EXIF:ImageDescription"))[0]
         assert after["XMP-dc:Description"] == row.caption, path
         assert after["IFD0:ImageDescription"] == row.caption, path
-        assert pixels(path) == before_pixels[path], path
+        assert rgb_pixels(path) == before_pixels[path], path
         now = exiftool_json(path)[0]
         for tag in KEPT_TAGS:
             assert now.get(tag) == before[path].get(tag), (path, tag)

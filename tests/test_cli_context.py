@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from phototag.daemon import WriterLock
+from phototag.daemon_state import WriterLock
 from tests.conftest import child_processes, copy_from_corpus, open_handles, run_cli, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")

@@ -19,9 +19,8 @@ from click.testing import CliRunner
 from phototag.cli import main
 from phototag.formats import RAW_EXTENSIONS
 from phototag.safe_write import is_temp_name
-from tests.conftest import CORPUS
-from tests.test_metadata import allowed_changes, changed_tags, exiftool_json, pixels, sha256
-from tests.test_metadata_cli import rows
+from tests.conftest import CORPUS, index_rows, write_config
+from tests.metadata_checks import allowed_changes, changed_tags, exiftool_json, pixels, sha256
 
 pytestmark = [
     pytest.mark.corpus,
@@ -64,15 +63,11 @@ def test_corpus_backfill_then_restore(tmp_path: Path, tiny_model: Path) -> None:
     digests = {p: sha256(p) for p in photos}
     before_pixels = {p: decoded(p) for p in photos if p.suffix.lower() not in RAW_EXTENSIONS}
     warnings_before = validation_warnings(lib)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 8\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
+    config = write_config(tmp_path, tiny_model, batch_size=8)
 
     result = CliRunner().invoke(main, ["--config", str(config), "backfill", str(lib), "--no-progress"])
     assert result.exit_code == 0, result.output
-    index = rows(tmp_path)
+    index = index_rows(tmp_path / "index.sqlite3")
     table: Counter[tuple[str, str]] = Counter()
     for photo in photos:
         row = index[str(photo)]
@@ -109,7 +104,8 @@ def test_corpus_backfill_then_restore(tmp_path: Path, tiny_model: Path) -> None:
     for photo in photos:
         changed = changed_tags(before[photo], exiftool_json(photo))
         assert changed <= KNOWN_REWRITE_EFFECTS.get(photo.name, set()), (photo, changed)
-    indexed = rows(tmp_path)  # kept as restored, so that no later backfill or daemon captions them again
+    # kept as restored, so that no later backfill or daemon captions them again
+    indexed = index_rows(tmp_path / "index.sqlite3")
     assert sorted(indexed) == sorted(str(p) for p in photos)
     assert {row["status"] for row in indexed.values()} == {"restored"}
     assert all(row["caption"] is None for row in indexed.values())

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from phototag.cli import main
 from phototag.safe_write import clean_stale_temps, is_temp_name
-from tests.conftest import REPO, copy_from_corpus
-from tests.test_metadata import allowed_changes, changed_tags, exiftool_json, pixels, sha256
+from tests.conftest import REPO, copy_from_corpus, write_config
+from tests.metadata_checks import allowed_changes, changed_tags, exiftool_json, pixels, sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -75,11 +75,7 @@ def test_sigkill_during_writes_never_damages_the_photo(tmp_path: Path, tiny_mode
     # the next run: leftovers are never taken for photos ...
     leftovers = [p for p in lib.iterdir() if p != photo]
     assert all(is_temp_name(p.name) for p in leftovers), leftovers
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
+    config = write_config(tmp_path, tiny_model)
     result = CliRunner().invoke(main, ["--config", str(config), "backfill", str(lib), "--no-progress"])
     assert result.exit_code == 0 and "failed 0" in result.output
     status = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])

@@ -16,7 +16,7 @@ from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.scan import walk_photos
 from phototag.watch import WatchDaemon
-from tests.conftest import REPO, copy_from_corpus
+from tests.conftest import REPO, copy_from_corpus, write_config
 
 # RAW formats the old scan list missed although the sidecar writer knew them.
 ONCE_MISSING = (".iiq", ".raw", ".mef", ".mos", ".fff", ".dcr", ".k25", ".gpr", ".ori", ".rwz", ".srw")
@@ -70,11 +70,7 @@ def test_once_missing_raw_formats_are_captioned_with_a_sidecar(tmp_path: Path, t
         shutil.copyfile(dng, target)
         photos.append(target)
     original = dng.read_bytes()
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
+    config = write_config(tmp_path, tiny_model)
     result = CliRunner().invoke(main, ["--config", str(config), "backfill", str(lib), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "captioned 5," in result.output and "failed 0" in result.output

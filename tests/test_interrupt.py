@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, copy_from_corpus, wait_until
+from tests.conftest import REPO, copy_from_corpus, wait_until, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -32,9 +32,7 @@ def setup(tmp_path: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(photo, target)
     db = tmp_path / "index.sqlite3"
-    config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 1\nmax_new_tokens = 8\n'
-                      f'num_beams = 1\n[index]\ndb = "{db}"\n[pipeline]\nqueue_batches = 1\n')
+    config = write_config(tmp_path, tiny_model, db=db, batch_size=1, extra="[pipeline]\nqueue_batches = 1\n")
     return lib, db, config
 
 

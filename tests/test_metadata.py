@@ -6,7 +6,6 @@ module's own reader, and pixels are compared by decoding with Pillow (+ pillow-h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,122 +24,33 @@ from phototag.formats import RAW_EXTENSIONS
 from phototag.metadata import ExifToolSession, WriteResult
 from phototag.mwg import ExistingMetadata, is_junk_description, normalize_caption
 from phototag.sidecars import sidecar_path
-from tests.conftest import read_only_folder
-
-CORPUS = Path(os.environ.get("PHOTOTAG_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
-DATA = Path(__file__).parent / "data" / "metadata"
-EXIFTOOL = shutil.which("exiftool")
+from tests.conftest import CORPUS, read_only_folder
+from tests.metadata_checks import (
+    ALLOWED_CHANGES,
+    CAPTION,
+    DATA,
+    EXIFTOOL,
+    HOSTILE,
+    allowed_changes,
+    changed_tags,
+    copy_one,
+    exiftool_json,
+    make_jpeg,
+    pixels,
+    sha256,
+    stray_temp_files,
+)
 
 needs_exiftool = pytest.mark.skipif(
     EXIFTOOL is None, reason="exiftool not installed (Debian/Ubuntu: apt-get install libimage-exiftool-perl)"
 )
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"test corpus not found at {CORPUS}")
 
-CAPTION = "a brown dog running on a beach"
-HOSTILE = (
-    ' leading space & <b>"bold"</b> it\'s $HOME @home 100% \\n not-a-newline back\\slash\\'
-    "\nsecond line\n-execute\n-all=\n\ttabbed 猫と犬 🐕‍🦺 Ünïcödé émoji 👍🏽  trailing  "
-)
 # Tags that must survive any caption write untouched (where the file has them).
 KEY_TAGS = (
     "IFD0:Make", "IFD0:Model", "IFD0:Orientation", "ExifIFD:DateTimeOriginal", "GPS:GPSLatitude",
     "GPS:GPSLongitude", "GPS:GPSLatitudeRef", "GPS:GPSLongitudeRef", "GPS:GPSAltitude", "GPS:GPSTimeStamp",
 )  # fmt: skip
-# What a caption write may change: the owned fields, ExifTool's bookkeeping, EXIF-mandatory IFD0 tags
-# added with a new EXIF block, and layout (offsets, HEIF media data, the WebP "has XMP" flag).
-ALLOWED_CHANGES = {
-    "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract", "XMP-dc:Subject",
-    "IPTC:Keywords", "IPTC:CodedCharacterSet", "Photoshop:IPTCDigest", "XMP-x:XMPToolkit",
-    "IPTC:EnvelopeRecordVersion", "IFD0:XPComment", "IFD0:XPSubject", "IFD0:XPKeywords", "ExifIFD:UserComment",
-}  # fmt: skip
-ADDED_WITH_NEW_EXIF = {"IFD0:XResolution", "IFD0:YResolution", "IFD0:ResolutionUnit", "IFD0:YCbCrPositioning"}
-LAYOUT = re.compile(r"(Offsets?|Start|MediaDataSize|MediaDataOffset|WebP_Flags)$")
-IGNORED_GROUPS = {"SourceFile", "System", "File", "ExifTool", "Composite"}
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-
-
-_READER: list = []  # one independent stay-open exiftool for checks (not the module's session)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _independent_reader() -> Iterator[None]:
-    yield
-    while _READER:
-        _READER.pop().terminate()
-
-
-def exiftool_json(path: Path) -> dict:
-    """Independent read: every tag, raw values, duplicates kept (-G1:4 copies folded per group)."""
-    if not _READER:
-        import exiftool
-
-        _READER.append(exiftool.ExifTool(EXIFTOOL, common_args=[], encoding="utf-8"))
-        _READER[0].run()
-    args = ["-j", "-a", "-G1:4", "-struct", "-n", "-b", "-charset", "exif=utf8", str(path)]
-    out = _READER[0].execute(*args, raw_bytes=True)
-    record = json.loads(out.decode("utf-8"), parse_float=str, parse_int=str)[0]
-    folded: dict[str, object] = {}
-    repeated: set[str] = set()
-    for key, value in record.items():
-        name = re.sub(r":Copy\d+:", ":", key)
-        if name not in folded:
-            folded[name] = value
-        elif name in repeated:
-            folded[name].append(value)
-        else:
-            folded[name], _ = [folded[name], value], repeated.add(name)
-    return folded
-
-
-def changed_tags(before: dict, after: dict) -> set[str]:
-    keys = set(before) | set(after)
-    return {
-        k
-        for k in keys
-        if before.get(k) != after.get(k) and k.split(":")[0] not in IGNORED_GROUPS and not LAYOUT.search(k)
-    }
-
-
-def allowed_changes(before: dict, photo: Path) -> set[str]:
-    allowed = set(ALLOWED_CHANGES)
-    if not any(k.startswith("IFD0:") for k in before):
-        allowed |= ADDED_WITH_NEW_EXIF
-    if photo.name == "Panasonic_DMC-FZ30.jpg":
-        # its maker notes carry a "suspicious offset" that exiftool skips when reading; the rewrite
-        # relocates them and the (unchanged) DataDump becomes readable
-        allowed.add("Panasonic:DataDump")
-    return allowed
-
-
-def pixels(path: Path) -> tuple[str, tuple[int, int], bytes]:
-    from PIL import Image
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-    with Image.open(path) as im:
-        im.load()
-        return im.mode, im.size, im.tobytes()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def stray_temp_files(folder: Path) -> list[str]:
-    return sorted(
-        p.name for p in folder.rglob("*") if "phototag-tmp" in p.name or p.name.endswith("_exiftool_tmp")
-    )
-
-
-def copy_from_corpus(tmp_path: Path, relative: str) -> Path:
-    source = CORPUS / relative
-    target = tmp_path / Path(relative).name
-    shutil.copyfile(source, target)
-    target.chmod(0o644)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +233,7 @@ def test_bad_arguments_are_rejected() -> None:
 def test_read_finds_the_human_description(
     session: ExifToolSession, tmp_path: Path, relative: str, description: str | None, keywords: tuple
 ) -> None:
-    photo = copy_from_corpus(tmp_path, relative)
+    photo = copy_one(tmp_path, relative)
     found = session.read(photo)
     assert isinstance(found, ExistingMetadata)
     assert found.description == description
@@ -332,7 +242,7 @@ def test_read_finds_the_human_description(
 
 @needs_corpus
 def test_read_long_description(session: ExifToolSession, tmp_path: Path) -> None:
-    found = session.read(copy_from_corpus(tmp_path, "jpg/long_description.jpg"))
+    found = session.read(copy_one(tmp_path, "jpg/long_description.jpg"))
     assert found.description is not None
     assert found.description.startswith("Operation Mountain Viper put the soldiers")
     assert len(found.description) > 300
@@ -340,7 +250,7 @@ def test_read_long_description(session: ExifToolSession, tmp_path: Path) -> None
 
 @needs_corpus
 def test_read_original_holds_every_owned_field_as_json(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/MWG.jpg")
+    photo = copy_one(tmp_path, "jpg/MWG.jpg")
     original = session.read(photo).original
     json.dumps(original)  # must be serialisable for the index
     tags = original["file"]["tags"]
@@ -355,7 +265,7 @@ def test_read_original_holds_every_owned_field_as_json(session: ExifToolSession,
 @needs_exiftool
 def test_read_keeps_number_like_text_exact(session: ExifToolSession, tmp_path: Path) -> None:
     photo = tmp_path / "n.jpg"
-    _make_jpeg(photo)
+    make_jpeg(photo)
     subprocess.run(
         [
             EXIFTOOL,
@@ -413,7 +323,7 @@ ROUND_TRIP = [
 def test_embedded_round_trip_changes_nothing_else(
     session: ExifToolSession, tmp_path: Path, relative: str
 ) -> None:
-    photo = copy_from_corpus(tmp_path, relative)
+    photo = copy_one(tmp_path, relative)
     photo.chmod(0o640)
     before_tags, before_pixels = exiftool_json(photo), pixels(photo)
 
@@ -435,7 +345,7 @@ def test_embedded_round_trip_changes_nothing_else(
 
 @needs_corpus
 def test_gps_and_dates_survive(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")
+    photo = copy_one(tmp_path, "jpg/gps/DSCN0010.jpg")
     session.write(photo, CAPTION)
     after = exiftool_json(photo)
     assert after["GPS:GPSLatitude"].startswith("43.46") and after["GPS:GPSLatitudeRef"] == "N"
@@ -446,7 +356,7 @@ def test_gps_and_dates_survive(session: ExifToolSession, tmp_path: Path) -> None
 @needs_corpus
 @pytest.mark.parametrize("relative", ["jpg/IPTC.jpg", "jpg/gps/DSCN0010.jpg", "heic/IMG_5195.HEIC"])
 def test_hostile_caption_round_trips_exactly(session: ExifToolSession, tmp_path: Path, relative: str) -> None:
-    photo = copy_from_corpus(tmp_path, relative)
+    photo = copy_one(tmp_path, relative)
     before = exiftool_json(photo)
     session.write(photo, HOSTILE, ["rock & roll", "<tag>", "猫"])
     after = exiftool_json(photo)
@@ -462,15 +372,15 @@ def test_hostile_caption_round_trips_exactly(session: ExifToolSession, tmp_path:
 
 @needs_corpus
 def test_crlf_is_stored_as_lf(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     session.write(photo, "first\r\nsecond\rthird")
     assert exiftool_json(photo)["XMP-dc:Description"] == "first\nsecond\nthird"
 
 
 @needs_corpus
 def test_iptc_is_updated_only_where_it_exists(session: ExifToolSession, tmp_path: Path) -> None:
-    with_iptc = copy_from_corpus(tmp_path, "jpg/IPTC.jpg")
-    without = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")
+    with_iptc = copy_one(tmp_path, "jpg/IPTC.jpg")
+    without = copy_one(tmp_path, "jpg/gps/DSCN0010.jpg")
     caption = "猫 on a café table 🐱"
     session.write(with_iptc, caption, ["cat", "test"])
     session.write(without, caption)
@@ -488,7 +398,7 @@ def test_iptc_is_updated_only_where_it_exists(session: ExifToolSession, tmp_path
 
 @needs_corpus
 def test_iptc_digest_refreshed_when_in_sync(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/xmp/BlueSquare.jpg")
+    photo = copy_one(tmp_path, "jpg/xmp/BlueSquare.jpg")
     session.write(photo, CAPTION)
     after = exiftool_json(photo)
     assert after["IPTC:Caption-Abstract"] == CAPTION
@@ -498,7 +408,7 @@ def test_iptc_digest_refreshed_when_in_sync(session: ExifToolSession, tmp_path: 
 @needs_exiftool
 def test_latin1_iptc_is_reencoded_to_utf8(session: ExifToolSession, tmp_path: Path) -> None:
     photo = tmp_path / "latin.jpg"
-    _make_jpeg(photo)
+    make_jpeg(photo)
     subprocess.run(
         [EXIFTOOL, "-q", "-overwrite_original", "-charset", "iptc=latin", "-IPTC:City=Zürich",
          "-IPTC:Keywords=Bäume", "-IPTC:Caption-Abstract=alt", str(photo)],
@@ -513,7 +423,7 @@ def test_latin1_iptc_is_reencoded_to_utf8(session: ExifToolSession, tmp_path: Pa
 
 @needs_corpus
 def test_keywords_merge_without_dropping_or_duplicating(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/XMP.jpg")
+    photo = copy_one(tmp_path, "jpg/XMP.jpg")
     session.write(photo, CAPTION, ["dog", "test", " Dog ", "猫"])
     session.write(photo, CAPTION, ["dog", "beach"])
     assert exiftool_json(photo)["XMP-dc:Subject"] == ["ExifTool", "Test", "XMP", "dog", "猫", "beach"]
@@ -526,7 +436,7 @@ def test_a_temp_left_beside_the_photo_neither_blocks_a_write_nor_is_touched_by_i
 ) -> None:
     """A write uses a temp of its own; another's (a crash's, or a live writer's) is left to
     clean_stale_temps, which knows whether its writer still runs."""
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     others = [tmp_path / ".Canon_40D.jpg.phototag-tmp.jpg", safe_write.temp_path(photo, pid=os.getpid() + 1)]
     for other in others:
         other.write_bytes(b"half-written junk")
@@ -555,7 +465,7 @@ def test_awkward_file_names(
 def test_read_is_one_exiftool_call(
     session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/Nikon.nef")
+    photo = copy_one(tmp_path, "raw/Nikon.nef")
     shutil.copyfile(DATA / "darktable_sidecar.xmp", sidecar_path(photo))
     calls = []
     real = session.exiftool.run
@@ -567,7 +477,7 @@ def test_read_is_one_exiftool_call(
 
 @needs_corpus
 def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     link = tmp_path / "link.jpg"
     link.symlink_to(photo)
     before = photo.read_bytes()
@@ -575,7 +485,7 @@ def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, 
         session.write(link, CAPTION)
     assert link.is_symlink() and photo.read_bytes() == before
     # a sidecar that is a link (to a file elsewhere) is not replaced or written through either
-    raw = copy_from_corpus(tmp_path, "raw/DNG.dng")
+    raw = copy_one(tmp_path, "raw/DNG.dng")
     elsewhere = tmp_path / "elsewhere.xmp"
     session.write(raw, CAPTION)
     shutil.move(sidecar_path(raw), elsewhere)
@@ -595,7 +505,7 @@ def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, 
 def test_raw_gets_a_sidecar_and_stays_byte_identical(
     session: ExifToolSession, tmp_path: Path, relative: str
 ) -> None:
-    photo = copy_from_corpus(tmp_path, relative)
+    photo = copy_one(tmp_path, relative)
     digest = sha256(photo)
     result = session.write(photo, HOSTILE, ["dog"])
     assert result == WriteResult("sidecar", photo.with_name(photo.name + ".xmp"))
@@ -609,7 +519,7 @@ def test_raw_gets_a_sidecar_and_stays_byte_identical(
 
 @needs_corpus
 def test_sidecar_base_naming(tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/Nikon.nef")
+    photo = copy_one(tmp_path, "raw/Nikon.nef")
     with ExifToolSession(sidecar_naming="base") as et:
         result = et.write(photo, CAPTION)
     assert result.target == tmp_path / "Nikon.xmp"
@@ -618,7 +528,7 @@ def test_sidecar_base_naming(tmp_path: Path) -> None:
 
 @needs_corpus
 def test_existing_sidecar_is_merged_not_clobbered(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/Nikon.nef")
+    photo = copy_one(tmp_path, "raw/Nikon.nef")
     side = sidecar_path(photo)
     shutil.copyfile(DATA / "darktable_sidecar.xmp", side)
     side.chmod(0o600)
@@ -646,7 +556,7 @@ def test_existing_sidecar_is_merged_not_clobbered(session: ExifToolSession, tmp_
 
 @needs_corpus
 def test_new_sidecar_keeps_the_photos_own_keywords(sidecar_session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/IPTC.jpg")
+    photo = copy_one(tmp_path, "jpg/IPTC.jpg")
     digest = sha256(photo)
     result = sidecar_session.write(photo, CAPTION, ["dog"])
     assert result == WriteResult("sidecar", tmp_path / "IPTC.jpg.xmp")
@@ -656,7 +566,7 @@ def test_new_sidecar_keeps_the_photos_own_keywords(sidecar_session: ExifToolSess
 
 @needs_corpus
 def test_mode_both_embeds_and_writes_sidecar(tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     with ExifToolSession(mode="both") as et:
         result = et.write(photo, CAPTION)
     assert result.kind == "embedded" and result.also_written == (sidecar_path(photo),)
@@ -667,7 +577,7 @@ def test_mode_both_embeds_and_writes_sidecar(tmp_path: Path) -> None:
 @needs_corpus
 def test_refused_file_falls_back_to_sidecar(session: ExifToolSession, tmp_path: Path) -> None:
     # Pillow wrote this TIFF's EXIF with a broken InteropIFD; exiftool refuses to rewrite it.
-    photo = copy_from_corpus(tmp_path, "generated/gen_tiff.tif")
+    photo = copy_one(tmp_path, "generated/gen_tiff.tif")
     digest = sha256(photo)
     result = session.write(photo, CAPTION)
     assert result.kind == "sidecar" and result.target == sidecar_path(photo)
@@ -681,7 +591,7 @@ def test_refused_file_falls_back_to_sidecar(session: ExifToolSession, tmp_path: 
 def test_partial_write_falls_back_to_sidecar(
     session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     digest = sha256(photo)
     real = safe_write.caption_problems
 
@@ -716,7 +626,7 @@ def test_unexpected_changes_rules() -> None:
 def test_write_that_would_touch_another_tag_falls_back(
     session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")
+    photo = copy_one(tmp_path, "jpg/gps/DSCN0010.jpg")
     digest = sha256(photo)
     real = mwg.embed_args
 
@@ -733,7 +643,7 @@ def test_write_that_would_touch_another_tag_falls_back(
 
 @needs_corpus
 def test_read_only_photo_falls_back_to_sidecar(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     photo.chmod(0o444)  # the mode bits are respected even by root, who could replace the file anyway
     digest = sha256(photo)
     result = session.write(photo, CAPTION)
@@ -770,7 +680,7 @@ def test_read_only_folder_raises_and_keeps_original(session: ExifToolSession, lo
 def test_failed_replace_raises_and_cleans_up(
     session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/IPTC.jpg")
+    photo = copy_one(tmp_path, "jpg/IPTC.jpg")
     digest = sha256(photo)
 
     def disk_full(src: object, dst: object) -> None:
@@ -786,7 +696,7 @@ def test_failed_replace_raises_and_cleans_up(
 @needs_exiftool
 def test_unreadable_sidecar_is_left_alone(sidecar_session: ExifToolSession, tmp_path: Path) -> None:
     photo = tmp_path / "p.jpg"
-    _make_jpeg(photo)
+    make_jpeg(photo)
     side = sidecar_path(photo)
     side.write_text("<x:xmpmeta>not xml at all")
     digests = sha256(photo), sha256(side)
@@ -871,16 +781,10 @@ def test_pixels_unchanged_across_formats(session: ExifToolSession, tmp_path: Pat
         "jpg/corrupted.jpg",
     )
     for relative in big_and_odd:
-        photo = copy_from_corpus(tmp_path, relative)
+        photo = copy_one(tmp_path, relative)
         before = pixels(photo)
         assert session.write(photo, CAPTION).kind == "embedded", relative
         assert pixels(photo) == before, relative
-
-
-def _make_jpeg(path: Path) -> None:
-    from PIL import Image
-
-    Image.new("RGB", (16, 12), (120, 30, 200)).save(path, quality=90)
 
 
 def test_exiftool_dying_mid_call_fails_the_call_and_restarts(corpus: Path) -> None:

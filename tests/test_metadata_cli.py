@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from phototag.cli import main
 from phototag.safe_write import temp_path
-from tests.conftest import copy_from_corpus, dead_pid, read_only_folder
-from tests.test_metadata import DATA, changed_tags, exiftool_json, sha256
+from tests.conftest import copy_from_corpus, dead_pid, index_rows, read_only_folder, write_config
+from tests.conftest import run_cli as run
+from tests.metadata_checks import DATA, changed_tags, exiftool_json, sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -31,25 +29,7 @@ def et(*args: str | Path) -> None:
 
 
 def make_config(tmp_path: Path, tiny_model: Path, metadata: str = "") -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n[metadata]\n{metadata}\n'
-    )
-    return path
-
-
-def run(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
-
-
-def rows(tmp_path: Path) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(tmp_path / "index.sqlite3")
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["path"]: r for r in db.execute("SELECT * FROM photos")}
-    finally:
-        db.close()
+    return write_config(tmp_path, tiny_model, extra=f"[metadata]\n{metadata}\n")
 
 
 @pytest.fixture
@@ -70,7 +50,7 @@ def test_a_persons_keyword_is_kept_indexed_and_tag_search_filters(config: Path, 
     et("-XMP-dc:Description=grandma's birthday cake", "-IFD0:ImageDescription=grandma's birthday cake", human)
 
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
-    index = rows(tmp_path)
+    index = index_rows(tmp_path / "index.sqlite3")
     derived = index[str(tagged)]["keywords"].split()
     assert derived[:3] == ["Grandma", "New", "York"] and len(derived) > 3  # the person's first, then the model's
     subject = exiftool_json(tagged)["XMP-dc:Subject"]
@@ -85,7 +65,7 @@ def test_a_persons_keyword_is_kept_indexed_and_tag_search_filters(config: Path, 
     # re-captioning (another run that overwrites) never drops the person's keywords
     assert run(config, "backfill", str(lib), "--overwrite", "--no-progress").exit_code == 0
     assert exiftool_json(tagged)["XMP-dc:Subject"][:2] == ["Grandma", "New York"]
-    assert rows(tmp_path)[str(tagged)]["keywords"].split()[:3] == ["Grandma", "New", "York"]
+    assert index_rows(tmp_path / "index.sqlite3")[str(tagged)]["keywords"].split()[:3] == ["Grandma", "New", "York"]
     assert run(config, "search", "tag:grandma").output.splitlines() == [str(tagged)]
 
 
@@ -107,7 +87,7 @@ def test_sidecar_mode_with_base_naming_never_touches_originals_or_collides(
 
     assert {p: sha256(p) for p in digests} == digests
     expected = {raw: lib / "IMG_1.xmp", jpeg: lib / "IMG_1.JPG.xmp", alone: lib / "IMG_2.xmp"}
-    index = rows(tmp_path)
+    index = index_rows(tmp_path / "index.sqlite3")
     for photo, sidecar in expected.items():
         assert index[str(photo)]["written_to"] == str(sidecar)
         assert exiftool_json(sidecar)["XMP-dc:Description"] == index[str(photo)]["caption"]
@@ -130,7 +110,7 @@ def test_darktable_sidecar_is_merged_then_restored(config: Path, tmp_path: Path)
     before = exiftool_json(side)
 
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
-    row = rows(tmp_path)[str(raw)]
+    row = index_rows(tmp_path / "index.sqlite3")[str(raw)]
     merged = exiftool_json(side)
     assert row["written_to"] == str(side) and merged["XMP-dc:Description"] == row["caption"]
     assert merged["XMP-dc:Subject"][0] == "holiday" and row["keywords"].split()[0] == "holiday"
@@ -148,7 +128,7 @@ def test_mode_both_embeds_and_writes_the_sidecar(tmp_path: Path, tiny_model: Pat
     lib = tmp_path / "lib"
     (photo,) = copy_from_corpus(["jpg/Canon_40D.jpg"], lib)
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
-    caption = rows(tmp_path)[str(photo)]["caption"]
+    caption = index_rows(tmp_path / "index.sqlite3")[str(photo)]["caption"]
     assert exiftool_json(photo)["XMP-dc:Description"] == caption
     assert exiftool_json(lib / "Canon_40D.jpg.xmp")["XMP-dc:Description"] == caption
 
@@ -166,7 +146,7 @@ def test_keep_mtime_from_the_config(tmp_path: Path, tiny_model: Path) -> None:
     digest = sha256(photo)
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
     assert photo.stat().st_mtime_ns == old and sha256(photo) != digest
-    assert exiftool_json(photo)["XMP-dc:Description"] == rows(tmp_path)[str(photo)]["caption"]
+    assert exiftool_json(photo)["XMP-dc:Description"] == index_rows(tmp_path / "index.sqlite3")[str(photo)]["caption"]
     again = run(config, "backfill", str(lib), "--no-progress")
     assert "captioned 0" in again.output and "skipped (unchanged) 1" in again.output
 
@@ -189,7 +169,7 @@ def test_backfill_cleans_crash_leftovers_first(config: Path, tmp_path: Path) -> 
     result = run(config, "backfill", str(lib), "--no-progress")
     assert result.exit_code == 0 and "removed 3 temp files" in result.output
     assert not any(p.exists() for p in stale) and young.exists() and alive.exists() and foreign.exists()
-    assert list(rows(tmp_path)) == [str(photo)]  # temp files are never taken for photos
+    assert list(index_rows(tmp_path / "index.sqlite3")) == [str(photo)]  # temp files are never taken for photos
 
 
 @pytest.fixture
@@ -213,7 +193,7 @@ def test_read_only_photo_gets_a_sidecar_read_only_folder_fails_with_a_reason(
     result = run(config, "backfill", str(lib), "--no-progress")
     assert result.exit_code == 0 and "failed 1" in result.output
 
-    index = rows(tmp_path)
+    index = index_rows(tmp_path / "index.sqlite3")
     assert index[str(read_only)]["status"] == "done"
     assert index[str(read_only)]["written_to"] == str(lib / "Canon_40D.jpg.xmp")
     assert index[str(locked)]["status"] == "failed"
@@ -246,10 +226,10 @@ def test_dry_run_prints_one_line_per_photo_and_creates_nothing(config: Path, tmp
 
     # with an index: the dry run leaves its rows exactly as they were
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
-    indexed = {k: dict(v) for k, v in rows(tmp_path).items()}
+    indexed = {k: dict(v) for k, v in index_rows(tmp_path / "index.sqlite3").items()}
     after_backfill = {p: sha256(p) for p in before}
     assert run(config, "backfill", str(lib), "--dry-run", "--overwrite", "--no-progress").exit_code == 0
-    assert {k: dict(v) for k, v in rows(tmp_path).items()} == indexed
+    assert {k: dict(v) for k, v in index_rows(tmp_path / "index.sqlite3").items()} == indexed
     assert {p: sha256(p) for p in before} == after_backfill
 
 
@@ -267,7 +247,7 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
     digests = {p: sha256(p) for p in before}
 
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
-    caption = rows(tmp_path)[str(windows)]["caption"]
+    caption = index_rows(tmp_path / "index.sqlite3")[str(windows)]["caption"]
     written = exiftool_json(windows)
     assert written["IFD0:XPComment"] == caption and written["ExifIFD:UserComment"] == caption
     assert (lib / "DNG.dng.xmp").exists()
@@ -280,9 +260,9 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
     assert changed_tags(before[windows], exiftool_json(windows)) == set()
     assert exiftool_json(windows)["IFD0:XPComment"] == XP_COMMENT
     assert exiftool_json(windows)["ExifIFD:UserComment"] == HOSTILE_COMMENT
-    restored = rows(tmp_path)[str(windows)]
+    restored = index_rows(tmp_path / "index.sqlite3")[str(windows)]
     assert restored["status"] == "restored" and restored["caption"] is None and restored["keywords"] == ""
-    assert restored["original_metadata"] and rows(tmp_path)[str(other)]["status"] == "done"
+    assert restored["original_metadata"] and index_rows(tmp_path / "index.sqlite3")[str(other)]["status"] == "done"
     assert run(config, "search", "tag:grandma").output == ""
 
     # a photo that cannot be restored keeps its row and makes the exit status 1
@@ -290,11 +270,11 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
     partial = run(config, "restore", "--all", "--no-progress")
     assert partial.exit_code == 1 and "failed 1" in partial.output and "read-only" in partial.output
     assert "removed sidecars 1" in partial.output and not (lib / "DNG.dng.xmp").exists()
-    assert {path: row["status"] for path, row in rows(tmp_path).items()} == {
+    assert {path: row["status"] for path, row in index_rows(tmp_path / "index.sqlite3").items()} == {
         str(p): "done" if p == other else "restored" for p in (windows, raw, other, human)}
     other.chmod(0o644)
     assert run(config, "restore", str(lib), "--no-progress").exit_code == 0
-    assert {row["status"] for row in rows(tmp_path).values()} == {"restored"}
+    assert {row["status"] for row in index_rows(tmp_path / "index.sqlite3").values()} == {"restored"}
     for photo in (windows, raw, other):
         assert changed_tags(before[photo], exiftool_json(photo)) == set(), photo
     assert sha256(raw) == digests[raw]
@@ -311,7 +291,7 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
         assert changed_tags(before[photo], exiftool_json(photo)) == set(), photo
     # ... unless asked to caption them again
     assert "captioned 3" in run(config, "backfill", str(lib), "--include-restored", "--no-progress").output
-    assert {row["status"] for row in rows(tmp_path).values()} == {"done"}
+    assert {row["status"] for row in index_rows(tmp_path / "index.sqlite3").values()} == {"done"}
 
 
 def test_restore_needs_paths_or_all(config: Path, tmp_path: Path) -> None:

@@ -22,18 +22,16 @@ from phototag.mwg import if_present_values, ucs2
 from phototag.restore import RestoreResult, restore_args
 from phototag.safe_write import clean_stale_temps, temp_path
 from phototag.sidecars import sidecar_for, sidecar_path
-from tests.conftest import dead_pid
-from tests.test_metadata import (  # noqa: F401 - _independent_reader is an autouse fixture
+from tests.conftest import CORPUS, dead_pid
+from tests.metadata_checks import (
     CAPTION,
-    CORPUS,
     DATA,
     EXIFTOOL,
     HOSTILE,
-    _independent_reader,
-    _make_jpeg,
     changed_tags,
-    copy_from_corpus,
+    copy_one,
     exiftool_json,
+    make_jpeg,
     sha256,
     stray_temp_files,
 )
@@ -59,10 +57,10 @@ def session() -> ExifToolSession:
 
 
 def test_windows_fields_are_updated_only_where_they_hold_text(session: ExifToolSession, tmp_path: Path) -> None:
-    with_text = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    with_text = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     et("-XPComment=old comment", "-XPSubject=old subject", "-UserComment=old user comment",
        "-XPKeywords=family;Grandma", with_text)  # fmt: skip
-    empty = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")  # UserComment present but empty
+    empty = copy_one(tmp_path, "jpg/gps/DSCN0010.jpg")  # UserComment present but empty
     assert exiftool_json(empty)["ExifIFD:UserComment"] == ""
 
     session.write(with_text, TRICKY, ["dog", "猫", "a;b"])
@@ -85,7 +83,7 @@ def test_no_text_means_no_write(value: object) -> None:
 
 
 def test_other_languages_of_the_description_survive(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     et("-XMP-dc:Description-de=Ein Hund", "-XMP-dc:Description-x-default=a dog", photo)
     session.write(photo, CAPTION)
     after = exiftool_json(photo)
@@ -108,8 +106,8 @@ def test_base_naming_never_gives_two_photos_one_sidecar(tmp_path: Path) -> None:
 
 
 def test_raw_and_jpeg_pair_keep_separate_sidecars(tmp_path: Path) -> None:
-    raw = copy_from_corpus(tmp_path, "raw/DNG.dng").rename(tmp_path / "IMG_1.DNG")
-    jpeg = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg").rename(tmp_path / "IMG_1.JPG")
+    raw = copy_one(tmp_path, "raw/DNG.dng").rename(tmp_path / "IMG_1.DNG")
+    jpeg = copy_one(tmp_path, "jpg/Canon_40D.jpg").rename(tmp_path / "IMG_1.JPG")
     with ExifToolSession(mode="sidecar", sidecar_naming="base") as et_session:
         assert et_session.write(raw, "the raw one").target == tmp_path / "IMG_1.xmp"
         assert et_session.write(jpeg, "the jpeg one").target == tmp_path / "IMG_1.JPG.xmp"
@@ -123,7 +121,7 @@ def test_raw_and_jpeg_pair_keep_separate_sidecars(tmp_path: Path) -> None:
 
 
 def test_keep_mtime(tmp_path: Path) -> None:
-    kept, changed = (copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg"), tmp_path / "other.jpg")
+    kept, changed = (copy_one(tmp_path, "jpg/Canon_40D.jpg"), tmp_path / "other.jpg")
     shutil.copyfile(kept, changed)
     old = 1_500_000_000_123_456_789
     for photo in (kept, changed):
@@ -137,7 +135,7 @@ def test_keep_mtime(tmp_path: Path) -> None:
 
 
 def test_owner_and_extended_attributes_survive(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     try:
         os.setxattr(photo, "user.xdg.tags", b"favourite")
     except (AttributeError, OSError):
@@ -153,7 +151,7 @@ def test_owner_and_extended_attributes_survive(session: ExifToolSession, tmp_pat
 
 
 def test_hard_linked_photo_gets_a_sidecar(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     other = tmp_path / "album" / "same.jpg"
     other.parent.mkdir()
     os.link(photo, other)
@@ -168,7 +166,7 @@ def test_hard_linked_photo_gets_a_sidecar(session: ExifToolSession, tmp_path: Pa
 
 
 def test_stale_temps_are_cleaned_and_nothing_else(tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     sub = tmp_path / "2019"
     sub.mkdir()
     hidden = tmp_path / ".thumbnails"
@@ -234,7 +232,7 @@ def _roundtrip(session: ExifToolSession, photo: Path, caption: str = HOSTILE) ->
     ],
 )
 def test_restore_brings_back_every_value(session: ExifToolSession, tmp_path: Path, relative: str) -> None:
-    photo = copy_from_corpus(tmp_path, relative)
+    photo = copy_one(tmp_path, relative)
     digest = sha256(photo)
     before, result = _roundtrip(session, photo)
     assert result.photo
@@ -246,7 +244,7 @@ def test_restore_brings_back_every_value(session: ExifToolSession, tmp_path: Pat
 
 def test_restore_of_latin1_iptc_and_created_exif_is_byte_exact(session: ExifToolSession, tmp_path: Path) -> None:
     photo = tmp_path / "latin.jpg"
-    _make_jpeg(photo)  # no EXIF at all
+    make_jpeg(photo)  # no EXIF at all
     et("-charset", "iptc=latin", "-IPTC:City=Zürich", "-IPTC:Keywords=Bäume", "-IPTC:Caption-Abstract=", photo)
     digest = sha256(photo)
     before, result = _roundtrip(session, photo, "Straße in 東京")
@@ -255,7 +253,7 @@ def test_restore_of_latin1_iptc_and_created_exif_is_byte_exact(session: ExifTool
 
 
 def test_restore_of_an_untouched_photo_writes_nothing(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     original = session.read(photo).original
     inode, mtime = photo.stat().st_ino, photo.stat().st_mtime_ns
     assert session.restore(photo, original) == RestoreResult(photo=False)
@@ -263,7 +261,7 @@ def test_restore_of_an_untouched_photo_writes_nothing(session: ExifToolSession, 
 
 
 def test_restore_puts_back_an_empty_but_present_description(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/Canon_40D.jpg")
+    photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     et("-IFD0:ImageDescription^=", photo)
     assert exiftool_json(photo)["IFD0:ImageDescription"] == ""
     before, _ = _roundtrip(session, photo)
@@ -272,7 +270,7 @@ def test_restore_puts_back_an_empty_but_present_description(session: ExifToolSes
 
 
 def test_restore_removes_the_sidecar_phototag_created(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/DNG.dng")
+    photo = copy_one(tmp_path, "raw/DNG.dng")
     digest = sha256(photo)
     _, result = _roundtrip(session, photo)
     assert result == RestoreResult(photo=False, sidecar="removed", sidecar_path=sidecar_path(photo))
@@ -280,7 +278,7 @@ def test_restore_removes_the_sidecar_phototag_created(session: ExifToolSession, 
 
 
 def test_restore_keeps_what_another_tool_added_to_our_sidecar(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/DNG.dng")
+    photo = copy_one(tmp_path, "raw/DNG.dng")
     original = session.read(photo).original
     session.write(photo, CAPTION, ["dog"])
     et("-XMP-xmp:Rating=4", "-XMP-crs:Exposure2012=+1.0", sidecar_path(photo))  # e.g. Lightroom, later
@@ -292,7 +290,7 @@ def test_restore_keeps_what_another_tool_added_to_our_sidecar(session: ExifToolS
 
 
 def test_restore_gives_a_darktable_sidecar_its_own_values_back(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/Nikon.nef")
+    photo = copy_one(tmp_path, "raw/Nikon.nef")
     side = sidecar_path(photo)
     shutil.copyfile(DATA / "darktable_sidecar.xmp", side)
     before = exiftool_json(side)
@@ -305,7 +303,7 @@ def test_restore_gives_a_darktable_sidecar_its_own_values_back(session: ExifTool
 
 
 def test_restore_follows_a_moved_photo(session: ExifToolSession, tmp_path: Path) -> None:
-    photo = copy_from_corpus(tmp_path, "raw/DNG.dng")
+    photo = copy_one(tmp_path, "raw/DNG.dng")
     original = json.loads(json.dumps(session.read(photo).original))
     session.write(photo, CAPTION)
     moved = tmp_path / "moved"
@@ -319,7 +317,7 @@ def test_restore_follows_a_moved_photo(session: ExifToolSession, tmp_path: Path)
 def test_failed_restore_leaves_the_photo_alone(
     session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photo = copy_from_corpus(tmp_path, "jpg/gps/DSCN0010.jpg")
+    photo = copy_one(tmp_path, "jpg/gps/DSCN0010.jpg")
     original = session.read(photo).original
     session.write(photo, CAPTION)
     digest = sha256(photo)

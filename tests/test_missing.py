@@ -12,18 +12,16 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from phototag.cli import main
-from phototag.config import Settings, WatchSettings
+from phototag.config import Settings
 from phototag.index import MISSING, PhotoIndex
 from phototag.sweep import sweep
-from tests.conftest import copy_from_corpus
-from tests.test_watch import done_count, rows, running_daemon, wait_for
+from tests.conftest import copy_from_corpus, done_count, photo_rows, running_daemon, write_config
+from tests.conftest import run_cli as run
+from tests.conftest import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -34,16 +32,7 @@ OTHERS = ["jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg"]
 
 @pytest.fixture
 def config(tmp_path: Path, tiny_model: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
-    return path
-
-
-def run(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+    return write_config(tmp_path, tiny_model)
 
 
 def backfill(config: Path, folder: Path) -> str:
@@ -272,11 +261,6 @@ def test_prune_forgets_missing_photos_and_says_what_undo_data_goes(config: Path,
     assert "Examples:" in helped.output and "--older-than" in helped.output
 
 
-@pytest.fixture
-def watch_settings(settings: Settings) -> Settings:
-    return replace(settings, watch=WatchSettings(settle_seconds=0.3, rescan_interval=0, stop_timeout=20))
-
-
 def test_watch_marks_a_deleted_photo_missing_and_its_return_restores_it(watch_settings: Settings,
                                                                          tmp_path: Path) -> None:
     lib, away = tmp_path / "lib", tmp_path / "away"
@@ -286,16 +270,16 @@ def test_watch_marks_a_deleted_photo_missing_and_its_return_restores_it(watch_se
     with running_daemon(watch_settings, lib) as harness:
         photo, _other = copy_from_corpus([OLYMPUS, OTHERS[0]], lib)
         wait_for(lambda: done_count(db) == 2, what="2 captions")
-        first = rows(db)[str(photo)]
+        first = photo_rows(db)[str(photo)]
         photo.rename(away / photo.name)  # moved out of the watched folder: a delete, for the daemon
-        wait_for(lambda: rows(db)[str(photo)].status == MISSING, what="the row marked missing")
-        gone = rows(db)[str(photo)]
+        wait_for(lambda: photo_rows(db)[str(photo)].status == MISSING, what="the row marked missing")
+        gone = photo_rows(db)[str(photo)]
         assert (gone.id, gone.caption, gone.caption_source, gone.original_metadata) == (
             first.id, first.caption, first.caption_source, first.original_metadata)
 
         (away / photo.name).rename(photo)
-        wait_for(lambda: rows(db)[str(photo)].status == "done", what="the row back")
-        back = rows(db)[str(photo)]
+        wait_for(lambda: photo_rows(db)[str(photo)].status == "done", what="the row back")
+        back = photo_rows(db)[str(photo)]
         assert (back.id, back.caption, back.caption_source, back.original_metadata) == (
             first.id, first.caption, first.caption_source, first.original_metadata)
         assert harness.inferred["photos"] == 2  # no new inference

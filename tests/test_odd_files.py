@@ -2,45 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from phototag.cli import main
 from phototag.config import Settings, WatchSettings
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import SYMLINK
-from tests.conftest import copy_from_corpus
+from tests.conftest import copy_from_corpus, description, photo_rows, rgb_pixels, run_cli, running_daemon, write_config
 from tests.conftest import wait_until as wait_for
-from tests.test_watch import pixels, rows, running_daemon
+from tests.metadata_checks import sha256
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def description(path: Path) -> str | None:
-    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Description", str(path)], capture_output=True, text=True)
-    return json.loads(out.stdout)[0].get("Description")
-
-
 def backfill(tmp_path: Path, tiny_model: Path, *args: str) -> Result:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-    )
-    return CliRunner().invoke(main, ["--config", str(config), "backfill", *args], catch_exceptions=False)
+    return run_cli(write_config(tmp_path, tiny_model), "backfill", *args)
 
 
 @pytest.fixture
@@ -71,7 +53,7 @@ def test_backfill_never_writes_through_a_link(linked: tuple[Path, Path, Path], t
 
     assert sha256(secret) == secret_before and description(secret) is None
     assert (lib / "outside_link.jpg").is_symlink() and (lib / "inside_link.jpg").is_symlink()
-    found = rows(tmp_path / "index.sqlite3")
+    found = photo_rows(tmp_path / "index.sqlite3")
     assert list(found) == [str(real)] and found[str(real)].status == "done"
     assert description(real) == found[str(real)].caption
     assert sorted(p.name for p in lib.iterdir()) == ["inside_link.jpg", "outside_link.jpg", "real.jpg"]
@@ -89,15 +71,15 @@ def test_watch_never_writes_through_a_link(linked: tuple[Path, Path, Path], sett
     secret_before = sha256(secret)
     caplog.set_level(logging.INFO, logger="phototag.watch")
     with running_daemon(settings, lib) as run:
-        wait_for(lambda: settings.db_path().exists() and str(real) in rows(settings.db_path())
-                 and rows(settings.db_path())[str(real)].status == "done", what="the real photo's caption")
+        wait_for(lambda: settings.db_path().exists() and str(real) in photo_rows(settings.db_path())
+                 and photo_rows(settings.db_path())[str(real)].status == "done", what="the real photo's caption")
         link = lib / "arrived_link.jpg"
         link.symlink_to(secret)  # a link appears while the daemon watches
         wait_for(lambda: run.daemon.counts[SYMLINK] >= 1, what="the link to be seen and skipped")
         secret.write_bytes(secret.read_bytes())  # the target changes: no event in the library, nothing to do
     assert sha256(secret) == secret_before and description(secret) is None and link.is_symlink()
     assert f"{link}: a symbolic link to {secret}: skipped" in caplog.text
-    assert list(rows(settings.db_path())) == [str(real)]
+    assert list(photo_rows(settings.db_path())) == [str(real)]
     assert run.inferred["photos"] == 1 and dict(run.spy.writes) == {str(real): 1}
 
 
@@ -129,10 +111,10 @@ def test_backfill_captions_a_photo_whose_name_has_a_line_break(tmp_path: Path, t
     result = backfill(tmp_path, tiny_model, str(lib), "--no-progress")
     assert result.exit_code == 0, result.output
     assert "captioned 2," in result.output and "failed 0" in result.output
-    found = rows(tmp_path / "index.sqlite3")
+    found = photo_rows(tmp_path / "index.sqlite3")
     assert sorted(found) == sorted([str(odd), str(odd_folder_raw)])
     assert description(odd) == found[str(odd)].caption  # exiftool's own argv takes any name
-    assert pixels(odd) == pixels(source)
+    assert rgb_pixels(odd) == rgb_pixels(source)
     sidecar = odd_folder_raw.with_name(odd_folder_raw.name + ".xmp")  # named after the real name
     assert description(sidecar) == found[str(odd_folder_raw)].caption
     assert odd_folder_raw.read_bytes() == raw.read_bytes()

@@ -8,7 +8,6 @@ a real exiftool and SQLite file.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from PIL import Image
 
-from phototag.cli import main
 from phototag.daemon_state import read_state
 from phototag.metadata import ExifToolSession
 from phototag.safe_write import clean_stale_temps, temp_path
-from tests.conftest import REPO, copy_from_corpus
+from tests.conftest import REPO, copy_from_corpus, description, index_rows, start_daemon, write_config
+from tests.conftest import run_cli as run
 from tests.conftest import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -36,28 +35,9 @@ PHOTOS = ["jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg", "jpg/Canon_40D.jpg"]
 
 
 def make_config(tmp_path: Path, tiny_model: Path, rescan: float = 0) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{tmp_path / "index.sqlite3"}"\n'
-        f"[watch]\nsettle_seconds = 0.3\nrescan_interval = {rescan}\nstop_timeout = 20\n"
+    return write_config(
+        tmp_path, tiny_model, extra=f"[watch]\nsettle_seconds = 0.3\nrescan_interval = {rescan}\nstop_timeout = 20\n"
     )
-    return config
-
-
-def run(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
-
-
-def rows(db: Path) -> dict[str, sqlite3.Row]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        conn.row_factory = sqlite3.Row
-        return {row["path"]: row for row in conn.execute("SELECT * FROM photos")}
-
-
-def description(path: Path) -> str | None:
-    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Description", str(path)], capture_output=True, text=True)
-    return json.loads(out.stdout)[0].get("Description")
 
 
 @pytest.fixture
@@ -69,18 +49,6 @@ def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-
-
-def start_daemon(config: Path, lib: Path, log: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    procs.append(proc)
-    return proc
 
 
 def scans_done(db: Path, proc: subprocess.Popen[bytes], log: Path) -> int:
@@ -123,7 +91,7 @@ def test_writers_are_refused_beside_a_running_daemon(
     config = make_config(tmp_path, tiny_model)
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
     before = {photo: (photo.read_bytes(), description(photo)) for photo in photos}
-    index_before = {path: tuple(row) for path, row in rows(db).items()}
+    index_before = {path: tuple(row) for path, row in index_rows(db).items()}
 
     daemon = start_daemon(config, lib, log, daemons)
     wait_for(lambda: scans_done(db, daemon, log) >= 1, timeout=300, what="the daemon's catch-up scan")
@@ -154,7 +122,7 @@ def test_writers_are_refused_beside_a_running_daemon(
     assert run(config, "status").exit_code == 0
     # nothing was written by the refused commands
     assert {photo: (photo.read_bytes(), description(photo)) for photo in photos} == before
-    assert {path: tuple(row) for path, row in rows(db).items()} == index_before
+    assert {path: tuple(row) for path, row in index_rows(db).items()} == index_before
 
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
@@ -210,7 +178,7 @@ def test_restored_photos_stay_restored_through_rescans_and_restarts(
     first = start_daemon(config, lib, log, daemons)
     wait_for(lambda: scans_done(db, first, log) >= 3, timeout=300, what="the daemon's catch-up and two rescans")
     assert {photo: description(photo) for photo in photos} == {photo: None for photo in photos}
-    assert {row["status"] for row in rows(db).values()} == {"restored"}
+    assert {row["status"] for row in index_rows(db).values()} == {"restored"}
     first.send_signal(signal.SIGTERM)
     assert first.wait(30) == 0
 
@@ -218,14 +186,14 @@ def test_restored_photos_stay_restored_through_rescans_and_restarts(
     edited = photos[2]
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmp:Label=edited", str(edited)], check=True)
     second = start_daemon(config, lib, log, daemons)
-    wait_for(lambda: rows(db)[str(edited)]["status"] == "done", timeout=300, what="the edited photo captioned")
+    wait_for(lambda: index_rows(db)[str(edited)]["status"] == "done", timeout=300, what="the edited photo captioned")
     wait_for(lambda: scans_done(db, second, log) >= 2, timeout=300, what="the restarted daemon's scans")
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
-    assert description(edited) == rows(db)[str(edited)]["caption"]
+    assert description(edited) == index_rows(db)[str(edited)]["caption"]
     for photo in photos[:2]:
         assert description(photo) is None and photo.read_bytes() == as_restored[photo], photo
-        assert rows(db)[str(photo)]["status"] == "restored"
+        assert index_rows(db)[str(photo)]["status"] == "restored"
     logged = {
         line.split(" INFO captioned ")[1].split(": ")[0]
         for line in log.read_text().splitlines()
@@ -248,11 +216,11 @@ def test_a_restored_photo_that_is_away_for_a_while_stays_restored(tmp_path: Path
     away = tmp_path / "away.jpg"
     os.rename(photo, away)  # e.g. on a drive that is unplugged for a while
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0  # its sweep sees it gone
-    assert rows(db)[str(photo)]["status"] == "restored"
+    assert index_rows(db)[str(photo)]["status"] == "restored"
     os.rename(away, photo)
     again = run(config, "backfill", str(lib), "--no-progress")
     assert again.exit_code == 0 and "captioned 0" in again.output, again.output
-    assert description(photo) is None and rows(db)[str(photo)]["status"] == "restored"
+    assert description(photo) is None and index_rows(db)[str(photo)]["status"] == "restored"
 
 
 # -- temp files: one writer each -------------------------------------------------------------------
@@ -296,17 +264,17 @@ def test_reindex_dates_uses_the_time_before_phototags_write(tmp_path: Path, tiny
     config = make_config(tmp_path, tiny_model)
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
     assert all(scan.stat().st_mtime > in_2010 + 86400 for scan in scans)  # the write changed the mtime
-    assert all(row["taken_at"] == "2010-06-15T12:00:00" for row in rows(db).values())
+    assert all(row["taken_at"] == "2010-06-15T12:00:00" for row in index_rows(db).values())
     # an index whose dates were never recorded
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE photos SET taken_at = NULL WHERE path = ?", (str(scans[0]),))
     result = run(config, "reindex", "--dates", "--no-progress")
     assert result.exit_code == 0 and "dates: recorded 1 of 1" in result.output, result.output
-    assert rows(db)[str(scans[0])]["taken_at"] == "2010-06-15T12:00:00"
+    assert index_rows(db)[str(scans[0])]["taken_at"] == "2010-06-15T12:00:00"
     # a row from before phototag recorded the pre-write time: that time is unknown (its mtime now is
     # phototag's write), so it gets no date rather than a wrong one
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE photos SET taken_at = NULL, mtime_before_write_ns = NULL WHERE path = ?", (str(scans[1]),))
     result = run(config, "reindex", "--dates", "--no-progress")
     assert result.exit_code == 0 and "dates: recorded 0 of 1 (1 have no EXIF date" in result.output, result.output
-    assert rows(db)[str(scans[1])]["taken_at"] is None
+    assert index_rows(db)[str(scans[1])]["taken_at"] is None

@@ -18,8 +18,8 @@ from PIL import Image
 
 from phototag.cli import main
 from phototag.embed_socket import EmbedServer, default_socket_path
-from tests.conftest import REPO, copy_from_corpus
-from tests.test_contact_sheet import loaded_images, screenshot
+from tests.browser import loaded_images, screenshot
+from tests.conftest import REPO, copy_from_corpus, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -63,10 +63,8 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Libra
     (undated,) = copy_from_corpus(["tiff/BSG1.tiff"], root / "scans")  # no DateTimeOriginal: mtime counts
     os.utime(undated, (1_577_880_000, 1_577_880_000))  # 2020-01-01 around noon UTC
     photos["undated"] = undated
-    config = root.parent / "config.toml"
+    config = write_config(root.parent, tiny_model)
     db = root.parent / "index.sqlite3"
-    config.write_text(f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\n'
-                      f'num_beams = 1\n[index]\ndb = "{db}"\n')
     lib = Library(root, config, db, photos)
     result = lib.run("backfill", str(root), "--no-progress")
     assert result.exit_code == 0, result.output

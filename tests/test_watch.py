@@ -11,34 +11,38 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 from sqlalchemy import select
 
-from phototag.captioner import Captioner
 from phototag.cli import main
-from phototag.config import ModelSettings, Settings, WatchSettings
+from phototag.config import Settings
 from phototag.daemon_state import AlreadyRunning, DaemonLock, daemon_status
 from phototag.index import Photo, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
-from phototag.safe_write import TEMP_MARKER
 from phototag.stages import apply_decision
 from phototag.watch import Settler, WatchDaemon, distinct_roots, is_ignored_name
-from tests.conftest import REPO
+from tests.conftest import (
+    REPO,
+    SETTLE,
+    WriteSpy,
+    description,
+    done_count,
+    photo_rows,
+    rgb_pixels,
+    running_daemon,
+    start_daemon,
+    write_config,
+)
 from tests.conftest import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -50,7 +54,6 @@ SOURCES = [f"jpg/gps/DSCN00{n}.jpg" for n in (10, 12, 21, 25, 27, 29, 38, 40, 42
         "sony-cybershot", "sony-d700", "sony-powershota5",
     )
 ]  # fmt: skip
-SETTLE = 0.3
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -68,152 +71,6 @@ def staged(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> list[Path]
         os.chmod(target, 0o644)
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmp:Label<FileName", str(folder)], check=True)
     return sorted(folder.iterdir())
-
-
-def pixels(path: Path) -> bytes:
-    with Image.open(path) as image:
-        return image.convert("RGB").tobytes()
-
-
-def description(path: Path) -> str | None:
-    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Description", str(path)], capture_output=True, text=True)
-    return json.loads(out.stdout)[0].get("Description")
-
-
-def rows(db: Path) -> dict[str, Photo]:
-    index = PhotoIndex(db)
-    try:
-        with index.session() as session:
-            return {row.path: row for row in session.scalars(select(Photo))}
-    finally:
-        index.close()
-
-
-def done_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:  # a plain reader, no schema setup
-        return conn.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
-
-
-class WriteSpy:
-    """Completed caption writes per photo, as the filesystem reports them: the temp copy moved over it."""
-
-    def __init__(self, folder: Path) -> None:
-        from watchdog.observers import Observer
-
-        self.writes: Counter[str] = Counter()
-        self.times: dict[str, float] = {}
-        self.seen: set[str] = set()  # every path an event named
-        self._lock = threading.Lock()
-        self._observer = Observer()
-        self._observer.schedule(self, str(folder), recursive=True)
-        self._observer.start()
-
-    def dispatch(self, event: Any) -> None:
-        with self._lock:
-            self.seen.add(os.fsdecode(event.src_path))
-        if event.event_type == "moved" and TEMP_MARKER in os.path.basename(os.fsdecode(event.src_path)):
-            with self._lock:
-                self.writes[os.fsdecode(event.dest_path)] += 1
-                self.times[os.fsdecode(event.dest_path)] = time.time()
-
-    def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join()
-
-
-class CountingCaptioner(Captioner):
-    """The real tiny model; it also tallies how many photos it captioned."""
-
-    def __init__(self, settings: ModelSettings, tally: Counter[str]) -> None:
-        super().__init__(settings)
-        self.tally = tally
-        tally["loads"] += 1
-
-    def caption(self, pixels: Any) -> Any:
-        self.tally["photos"] += len(pixels)
-        return super().caption(pixels)
-
-
-@dataclass
-class Harness:
-    daemon: WatchDaemon
-    spy: WriteSpy
-    inferred: Counter[str]
-    submitted: Counter[str] = field(default_factory=Counter)
-    dispatched: Counter[str] = field(default_factory=Counter)  # events the daemon was handed, by path
-    passes: list[int] = field(default_factory=lambda: [0])  # dispatcher passes completed
-
-    def own_writes_settled(self, folder: Path) -> None:
-        """Wait until every event phototag's own writes caused has gone all the way through the daemon
-        (instead of sleeping "long enough" for a self-trigger to show).
-
-        inotify reports a folder's events in order, so once a hidden sentinel file's event has reached
-        the daemon and the spy, so has every earlier one. Then: nothing still settling, a dispatcher
-        pass completed since (whatever settled was submitted), the pipeline empty (any write done),
-        and a second sentinel through the spy (it saw those writes)."""
-        def through(name: str, *, daemon: bool) -> None:
-            sentinel = folder / f".sentinel-{name}-{time.monotonic_ns()}"
-            sentinel.write_bytes(b"")
-            wait_for(lambda: str(sentinel) in self.spy.seen and (not daemon or str(sentinel) in self.dispatched),
-                     what=f"the {name} sentinel's event")
-            sentinel.unlink()
-
-        through("first", daemon=True)
-        wait_for(lambda: self.daemon.settler.settling() == 0, what="nothing settling")
-        passes = self.passes[0]
-        wait_for(lambda: self.passes[0] > passes, what="a dispatcher pass")
-        wait_for(lambda: self.daemon.pipeline.queued() == 0, what="an empty pipeline")
-        through("second", daemon=False)
-
-
-@pytest.fixture
-def watch_settings(settings: Settings) -> Settings:
-    return replace(settings, watch=WatchSettings(settle_seconds=SETTLE, rescan_interval=0, stop_timeout=20))
-
-
-@contextmanager
-def running_daemon(settings: Settings, lib: Path) -> Iterator[Harness]:
-    """An in-process daemon on ``lib``, with a write spy; stopped (and checked to stop) on exit."""
-    index = PhotoIndex(settings.db_path())
-    exiftool = ExifToolSession()
-    inferred: Counter[str] = Counter()
-    spy = WriteSpy(lib)
-    daemon = WatchDaemon(settings, [lib], index=index, exiftool=exiftool,
-                         captioner_factory=lambda: CountingCaptioner(settings.model, inferred))
-    harness = Harness(daemon, spy, inferred)
-    submit = daemon.pipeline.submit
-
-    def counting_submit(path: Path) -> bool:
-        harness.submitted[str(path)] += 1
-        return submit(path)
-
-    daemon.pipeline.submit = counting_submit  # type: ignore[method-assign]
-    dispatch, deletions = daemon.dispatch, daemon.settler.deletions
-
-    def recording_dispatch(event: Any) -> None:
-        harness.dispatched[os.fsdecode(event.src_path)] += 1
-        dispatch(event)
-
-    def counting_deletions(quiet: bool, *args: Any) -> list[str]:
-        try:
-            return deletions(quiet, *args)
-        finally:  # the dispatcher asks once per pass, after submitting what settled
-            harness.passes[0] += 1
-
-    daemon.dispatch = recording_dispatch  # type: ignore[method-assign]
-    daemon.settler.deletions = counting_deletions  # type: ignore[method-assign]
-    daemon.start()
-    try:
-        assert daemon.ready.wait(30), "catch-up scan did not finish"
-        yield harness
-    finally:
-        assert daemon.shutdown(20), "daemon did not stop in time"
-        spy.stop()
-        exiftool.close()
-        index.close()
-    assert daemon.error is None, daemon.error
 
 
 # -- pure parts ------------------------------------------------------------------------------------
@@ -301,7 +158,7 @@ def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, s
         wait_for(lambda: done_count(db) == 50, what="50 captions")
         run.own_writes_settled(lib)  # a self-trigger would now show in the counts
         submitted, writes, inferred = dict(run.submitted), dict(run.spy.writes), run.inferred["photos"]
-    found = rows(db)
+    found = photo_rows(db)
     assert sorted(found) == sorted(str(lib / p.name) for p in staged)
     for path, row in found.items():
         assert row.status == "done" and row.caption_source == "model", (path, row.failure_reason)
@@ -310,7 +167,7 @@ def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, s
     assert writes == {path: 1 for path in found}  # each photo's metadata written once
     assert inferred == 50
     for photo in staged[:10]:
-        assert pixels(lib / photo.name) == pixels(photo)
+        assert rgb_pixels(lib / photo.name) == rgb_pixels(photo)
 
 
 def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settings, staged: list[Path],
@@ -336,8 +193,8 @@ def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settin
         written_at = run.spy.times[str(target)]
     assert submitted == {str(target): 1} and writes == {str(target): 1} and inferred == 1
     assert written_at > last_chunk_at
-    assert pixels(target) == pixels(source)
-    assert description(target) == rows(settings.db_path())[str(target)].caption
+    assert rgb_pixels(target) == rgb_pixels(source)
+    assert description(target) == photo_rows(settings.db_path())[str(target)].caption
 
 
 def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings: Settings, staged: list[Path],
@@ -351,7 +208,7 @@ def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings
         for photo, name in zip(staged, names, strict=False):
             shutil.copyfile(photo, lib / name)
         wait_for(lambda: done_count(db) == 5, what="5 captions")
-        before = {Path(path).relative_to(lib).as_posix(): (row.id, row.caption) for path, row in rows(db).items()}
+        before = {Path(path).relative_to(lib).as_posix(): (row.id, row.caption) for path, row in photo_rows(db).items()}
         (lib / "a.jpg").rename(lib / "a renamed.jpg")  # rename
         (lib / "new").mkdir()
         (lib / "b.jpg").rename(lib / "new" / "b.jpg")  # move into a new subfolder
@@ -363,7 +220,7 @@ def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings
                     "c.jpg": (*before["c.jpg"], "missing"), "old/e.jpg": (*before["old/e.jpg"], "missing")}
 
         def settled() -> bool:
-            now = {Path(p).relative_to(lib).as_posix(): (r.id, r.caption, r.status) for p, r in rows(db).items()}
+            now = {Path(p).relative_to(lib).as_posix(): (r.id, r.caption, r.status) for p, r in photo_rows(db).items()}
             return now == expected
 
         wait_for(settled, what=f"rows {expected}")
@@ -399,10 +256,10 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
         row.model_name, row.prompt = watch_settings.model.name, watch_settings.model.prompt
     index.close()
     vanished.unlink()
-    assert {r.status for r in rows(db).values()} == {"pending"}
+    assert {r.status for r in photo_rows(db).values()} == {"pending"}
 
     with running_daemon(watch_settings, lib) as run:
-        wait_for(lambda: rows(db)[str(vanished)].status == "missing" and done_count(db) == 1,
+        wait_for(lambda: photo_rows(db)[str(vanished)].status == "missing" and done_count(db) == 1,
                  what="resume and sweep")
         assert run.daemon.pipeline.captioner is None and run.inferred["photos"] == 0
         assert dict(run.spy.writes) == {str(planned): 1}
@@ -410,7 +267,7 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
         wait_for(lambda: done_count(db) == 2, what="the new photo's caption")
         assert run.inferred == {"loads": 1, "photos": 1}
     assert description(planned) == "planned words here"
-    assert pixels(planned) == pixels(staged[0])
+    assert rgb_pixels(planned) == rgb_pixels(staged[0])
 
 
 def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(watch_settings: Settings,
@@ -429,16 +286,10 @@ def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(watch_setting
     index.close()
     state = daemon_status(settings.db_path())
     assert not state["running"] and not state["died"] and "no-such-model" in state["last_error"]["message"]
-    assert rows(settings.db_path())[str(lib / "a.jpg")].status == "pending"  # resumes after a fix
+    assert photo_rows(settings.db_path())[str(lib / "a.jpg")].status == "pending"  # resumes after a fix
 
 
 # -- the daemon as a process -----------------------------------------------------------------------
-
-
-def start_daemon(config: Path, lib: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def status(config: Path) -> dict[str, Any]:
@@ -457,10 +308,9 @@ def caught_up(db: Path, proc: subprocess.Popen[bytes], log: Path) -> bool:
 def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: Path, staged: list[Path]) -> None:
     lib, db, log = tmp_path / "lib", tmp_path / "data" / "index.sqlite3", tmp_path / "daemon.log"
     lib.mkdir()
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\nnum_beams = 1\n'
-        f'[index]\ndb = "{db}"\n[watch]\nsettle_seconds = {SETTLE}\nrescan_interval = 0\nstop_timeout = 20\n'
+    config = write_config(
+        tmp_path, tiny_model, db=db,
+        extra=f"[watch]\nsettle_seconds = {SETTLE}\nrescan_interval = 0\nstop_timeout = 20\n",
     )
     burst, late, later = staged[:30], staged[30:33], staged[33:36]
     everything = burst + late + later
@@ -495,7 +345,7 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
         wait_for(lambda: done_count(db) > done_at_kill, what="progress after the restart")
         second.send_signal(signal.SIGTERM)
         assert second.wait(20 + 60) == 0  # stop_timeout plus the interpreter's exit on a loaded machine
-        for path, row in rows(db).items():  # the index never claims what is not on disk
+        for path, row in photo_rows(db).items():  # the index never claims what is not on disk
             if row.status == "done":
                 assert description(Path(path)) == row.caption, path
         assert status(config)["daemon"]["running"] is False and status(config)["daemon"]["died"] is False
@@ -533,14 +383,14 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
             if proc.poll() is None:
                 proc.kill()
         spy.stop()
-    final = rows(db)
+    final = photo_rows(db)
     assert sorted(final) == sorted(str(lib / p.name) for p in everything), log.read_text()
     assert all(row.status == "done" and row.caption_source == "model" for row in final.values())
     assert dict(spy.writes) == {path: 1 for path in final}  # none written twice, across kill and restarts
     for photo in everything:
         target = lib / photo.name
         assert description(target) == final[str(target)].caption
-        assert pixels(target) == pixels(photo)  # none damaged
+        assert rgb_pixels(target) == rgb_pixels(photo)  # none damaged
     assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in everything)
     # one log line per captioned photo; none twice (a kill may cost a line, never add one)
