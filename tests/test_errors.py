@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import phototag.migrations
 from phototag.captioner import Captioner, ModelLoadError
@@ -31,6 +31,8 @@ from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
 from phototag.watch import WatchDaemon
 from tests.conftest import REPO, copy_from_corpus, read_only_folder, wait_until
+from tests.conftest import run_cli as run
+from tests.conftest import write_config as config_file
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -38,15 +40,9 @@ SMALL = [f"jpg/gps/DSCN00{n}.jpg" for n in ("10", "12", "21", "25", "27", "29", 
 
 
 def write_config(tmp_path: Path, tiny_model: Path, extra: str = "") -> tuple[Path, Path]:
+    """The config (one photo per batch, one batch queued) and its index."""
     db = tmp_path / "index.sqlite3"
-    config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 1\nmax_new_tokens = 8\n'
-                      f'num_beams = 1\n[index]\ndb = "{db}"\n[pipeline]\nqueue_batches = 1\n{extra}')
-    return config, db
-
-
-def run(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+    return config_file(tmp_path, tiny_model, db=db, batch_size=1, extra=f"[pipeline]\nqueue_batches = 1\n{extra}"), db
 
 
 def db_rows(db: Path, table: str = "photos") -> dict[str, tuple[Any, ...]]:

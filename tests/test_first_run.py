@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from phototag.cli import main
 from phototag.hub import missing_model_reason, unreachable_reason
 from phototag.index import PhotoIndex
-from tests.conftest import REPO, copy_from_corpus
+from tests.conftest import REPO, copy_from_corpus, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -161,10 +161,7 @@ def test_hub_checks_answer_at_once(closed_endpoint: str, monkeypatch: pytest.Mon
 
 
 def make_config(tmp_path: Path, tiny_model: Path) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nname = "{tiny_model}"\ndevice = "cpu"\nbatch_size = 4\nmax_new_tokens = 8\n'
-                      f'num_beams = 1\n[index]\ndb = "{tmp_path / "index.sqlite3"}"\n')
-    return config
+    return write_config(tmp_path, tiny_model)
 
 
 def test_quiet_prints_no_progress_only_errors(tmp_path: Path, tiny_model: Path) -> None:
