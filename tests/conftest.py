@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -204,7 +204,7 @@ def open_handles(db: Path) -> list[str]:
 
 def index_rows(db: Path) -> dict[str, sqlite3.Row]:
     """Every row of the photos table by path, read raw and read-only (no schema setup)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:  # `with conn` alone: open
         conn.row_factory = sqlite3.Row
         return {row["path"]: row for row in conn.execute("SELECT * FROM photos")}
 
@@ -222,7 +222,7 @@ def photo_rows(db: Path) -> dict[str, Photo]:
 def done_count(db: Path) -> int:
     if not db.exists():
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:  # a plain reader, no schema setup
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:  # a plain reader
         return conn.execute("SELECT count(*) FROM photos WHERE status = 'done'").fetchone()[0]
 
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import Result
 
 from phototag.daemon_state import WriterLock
-from tests.conftest import child_processes, copy_from_corpus, open_handles, run_cli, write_config
+from tests.conftest import child_processes, copy_from_corpus, index_rows, open_handles, run_cli, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -109,13 +109,16 @@ def test_watch_without_exiftool_closes_the_index_and_frees_the_lock(
 
 
 def test_backfill_failing_midway_stops_exiftool_and_closes_the_index(indexed: Indexed, tmp_path: Path) -> None:
-    # exiftool and the index are open when the model turns out not to load
-    lib = tmp_path / "lib"
+    # an empty model folder passes the early checks: exiftool and the index are open (and the photo
+    # queued) when the model turns out not to load
+    lib, model = tmp_path / "lib", tmp_path / "empty-model"
+    model.mkdir()
     copy_from_corpus(["jpg/exif-org/nikon-e950.jpg"], lib)
     with collection_off():
-        result = run_cli(indexed.config, "backfill", str(lib), "--no-progress", "--model", str(tmp_path / "no-model"))
-        assert result.exit_code == 1, result.output
+        result = run_cli(indexed.config, "backfill", str(lib), "--no-progress", "--model", str(model))
+        assert result.exit_code == 1 and "empty-model" in result.output, result.output
         assert_left_nothing(indexed.db, result)
+    assert str(lib / "nikon-e950.jpg") in index_rows(indexed.db)  # it got as far as the index
 
 
 def test_restore_of_nothing_closes_the_index_and_frees_the_lock(indexed: Indexed, tmp_path: Path) -> None:
