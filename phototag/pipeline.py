@@ -425,8 +425,9 @@ class Pipeline:
 
     def _caption_batch(self, batch: list[Task]) -> list[Task]:
         assert self.captioner is not None
+        captions: list[str | None]
         try:
-            captions = self.captioner.caption([task.pixels for task in batch])
+            captions = list(self.captioner.caption([task.pixels for task in batch]))
         except Exception as exc:  # e.g. out of memory: fail this batch, keep the run going
             log.warning("captioning a batch of %d failed: %s", len(batch), exc)
             captions = [None] * len(batch)

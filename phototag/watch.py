@@ -255,8 +255,18 @@ class WatchDaemon:
             FileDeletedEvent,
             FileModifiedEvent,
             FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
         )
         from watchdog.observers import Observer
+
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            """watchdog wants a handler object; every event goes to the daemon's dispatch."""
+
+            def dispatch(self, event: FileSystemEvent) -> None:
+                daemon.dispatch(event)
 
         # no open/close-without-write events: phototag's own reads must not wake the daemon
         wanted = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
@@ -264,7 +274,7 @@ class WatchDaemon:
         observer = Observer()
         for root in self.roots:
             try:
-                observer.schedule(self, str(root), recursive=True, event_filter=wanted)
+                observer.schedule(Handler(), str(root), recursive=True, event_filter=wanted)
             except OSError as exc:  # e.g. the inotify watch limit
                 self._unwatched.append(root)
                 hint = " (raise fs.inotify.max_user_watches)" if "limit" in str(exc) else ""
