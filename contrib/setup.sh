@@ -2,7 +2,7 @@
 # Set phototag up on Debian/Ubuntu, then caption a folder or run the tests.
 #
 #   contrib/setup.sh ~/Pictures     set up, then `phototag backfill ~/Pictures`
-#   contrib/setup.sh --test [ARGS]  set up with the test tools, then `python -m pytest -q ARGS` (what CI runs)
+#   contrib/setup.sh --test [ARGS]  set up with the test tools, check ruff/mypy, then `python -m pytest -q ARGS` (what CI runs)
 #   contrib/setup.sh                set up only
 #
 # Setting up: ExifTool and a Python >= 3.11 with venv from apt (as root, or through sudo), an isolated
@@ -164,6 +164,11 @@ fi
 # -- run -----------------------------------------------------------------------------------------------
 if [ "$mode" = test ]; then
   cd "$REPO"
+  # the house rules first: lint, formatting and types fail the run before any test does
+  say "checking: ruff check, ruff format --check, mypy"
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy"
   say "running the tests: python -m pytest -q $*"
   exec "$VENV/bin/python" -m pytest -q "$@"
 elif [ $# -gt 0 ]; then
