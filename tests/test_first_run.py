@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from phototag.cli import main
 from phototag.hub import missing_model_reason, unreachable_reason
 from phototag.index import PhotoIndex
+from phototag.safe_write import temp_path
 from tests.conftest import REPO, copy_from_corpus, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -176,6 +177,34 @@ def test_quiet_prints_no_progress_only_errors(tmp_path: Path, tiny_model: Path) 
     assert quiet.exit_code == 0
     lines = quiet.stderr.splitlines()
     assert lines and all(line.startswith("failed: ") for line in lines), lines  # the broken photo, nothing else
+
+
+def test_quiet_keeps_the_sweep_and_cleanup_lines_to_itself(tmp_path: Path, tiny_model: Path) -> None:
+    """-q means errors only: a photo gone missing and a dead writer's temp are news, not errors."""
+    photos = tmp_path / "photos"
+    first, second = copy_from_corpus(PHOTOS[:2], photos)
+    config = make_config(tmp_path, tiny_model)
+    args = ["--config", str(config), "backfill", str(photos)]
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+
+    def leave_news() -> None:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        temp_path(first, pid=int(dead.stdout)).write_bytes(b"left by a killed writer")
+        if second.exists():
+            second.rename(tmp_path / second.name)
+        else:
+            (tmp_path / second.name).rename(second)
+
+    leave_news()
+    loud = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert "removed 1 temp files" in loud.stderr and "marked 1 photos" in loud.stderr  # the control
+    leave_news()  # the photo comes back; a new temp is left
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    leave_news()
+    quiet = CliRunner().invoke(main, ["--config", str(config), "-q", "backfill", str(photos)], catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert not [p for p in photos.iterdir() if p.name.startswith(".")]  # the cleanup still happened
 
 
 def test_show_gives_dates_and_what_restore_puts_back(tmp_path: Path, tiny_model: Path) -> None:

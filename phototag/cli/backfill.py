@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,13 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         app.lock_index("phototag backfill")  # before anything is written, the stale temps included
 
     progress = Progress(enabled=not no_progress, quiet=app.quiet)
-    outcome_sink = progress
-    if dry_run:
-        def outcome_sink(outcome: Outcome) -> None:
-            progress(outcome)
-            if outcome.kind == WOULD_WRITE:
-                old = _one_field(outcome.old_description or "")
-                click.echo(f"{outcome.path}\t{old}\t{_one_field(outcome.caption or '')}")
+    def report_would_write(outcome: Outcome) -> None:
+        progress(outcome)
+        if outcome.kind == WOULD_WRITE:
+            old = _one_field(outcome.old_description or "")
+            click.echo(f"{outcome.path}\t{old}\t{_one_field(outcome.caption or '')}")
+
+    outcome_sink: Callable[[Outcome], None] = report_would_write if dry_run else progress
 
     index = app.scratch_index() if dry_run else app.index()  # a dry run creates no index
     exiftool = app.exiftool()
@@ -72,7 +73,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         last_run.clear(db)  # this run's outcome replaces the last one's reason
         stale = clean_stale_temps(roots)
         if stale:
-            click.echo(f"removed {len(stale)} temp files left by an interrupted run", err=True)
+            app.note(f"removed {len(stale)} temp files left by an interrupted run")
     pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
                         include_restored=include_restored, on_outcome=outcome_sink).start()
     threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
@@ -81,11 +82,11 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
     if completed and not dry_run:
         swept = sweep(index, roots)
         for root in swept.skipped_roots:
-            click.echo(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
-                       "its photos in the index are left as they are", err=True)
+            app.note(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
+                     "its photos in the index are left as they are")
         if swept.missing:
-            click.echo(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
-                       "undo data are kept; 'phototag prune' forgets them)", err=True)
+            app.note(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
+                     "undo data are kept; 'phototag prune' forgets them)")
     if pipeline.error is not None:
         if not dry_run:  # so `phototag status` can say why photos are still pending
             last_run.record_error(db, "backfill", str(pipeline.error))

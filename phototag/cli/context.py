@@ -67,6 +67,11 @@ class AppContext:
             raise click.UsageError(str(exc)) from None
         return self._settings
 
+    def note(self, message: str) -> None:
+        """A line for the person at the terminal (stderr); -q keeps only errors, so it stays silent."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
     def db_path(self) -> Path:
         return self.settings.db_path()
 
