@@ -43,10 +43,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="phototag-mem-") as tmp:
         model = build_tiny_blip(Path(tmp) / "tiny-blip")
-        print("`python -m phototag backfill` with the tiny random BLIP (cpu, batch size 8, 8 tokens); "
-              "resident memory (RSS) of the command, and of its exiftool process\n")
-        print(f"{'photos':>7}  {'seconds':>7}  {'photos/s':>8}  {'RSS at 25%':>10}  {'50%':>6}  {'75%':>6}  "
-              f"{'end':>6}  {'peak':>6}  {'exiftool peak':>13}  MiB")
+        print(
+            "`python -m phototag backfill` with the tiny random BLIP (cpu, batch size 8, 8 tokens); "
+            "resident memory (RSS) of the command, and of its exiftool process\n"
+        )
+        print(
+            f"{'photos':>7}  {'seconds':>7}  {'photos/s':>8}  {'RSS at 25%':>10}  {'50%':>6}  {'75%':>6}  "
+            f"{'end':>6}  {'peak':>6}  {'exiftool peak':>13}  MiB"
+        )
         for size in sizes:
             library = Path(tmp) / f"library-{size}"
             make_library(library, size, args.per_folder)
@@ -57,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise SystemExit(f"backfill of {size} photos captioned {done}")
             main_rss = [s[1] for s in samples]
             at = [main_rss[min(len(main_rss) - 1, int(len(main_rss) * q))] for q in (0.25, 0.5, 0.75)]
-            print(f"{size:>7}  {seconds:>7.1f}  {size / seconds:>8.1f}  {at[0]:>10.0f}  {at[1]:>6.0f}  {at[2]:>6.0f}  "
-                  f"{main_rss[-1]:>6.0f}  {max(main_rss):>6.0f}  {max(s[2] for s in samples):>13.0f}", flush=True)
+            print(
+                f"{size:>7}  {seconds:>7.1f}  {size / seconds:>8.1f}  {at[0]:>10.0f}  {at[1]:>6.0f}  {at[2]:>6.0f}  "
+                f"{main_rss[-1]:>6.0f}  {max(main_rss):>6.0f}  {max(s[2] for s in samples):>13.0f}",
+                flush=True,
+            )
 
 
 def make_library(folder: Path, count: int, per_folder: int) -> None:
@@ -73,8 +80,10 @@ def make_library(folder: Path, count: int, per_folder: int) -> None:
         draw = ImageDraw.Draw(image)
         for _ in range(6):
             x, y = rng.randrange(256), rng.randrange(192)
-            draw.rectangle((x, y, x + rng.randrange(8, 96), y + rng.randrange(8, 96)),
-                           fill=tuple(rng.randrange(256) for _ in range(3)))
+            draw.rectangle(
+                (x, y, x + rng.randrange(8, 96), y + rng.randrange(8, 96)),
+                fill=tuple(rng.randrange(256) for _ in range(3)),
+            )
         draw.text((8, 8), f"photo {i}", fill=(255, 255, 255))
         image.save(sub / f"IMG_{i:06d}.jpg", quality=85)
 
@@ -85,11 +94,22 @@ Samples = list[tuple[float, float, float]]
 def run_backfill(library: Path, db: Path, model: Path, tmp: Path, interval: float) -> tuple[float, Samples]:
     """Run the CLI; samples of (elapsed, phototag RSS MiB, exiftool RSS MiB)."""
     config = tmp / "config.toml"
-    config.write_text(f'[model]\nname = "{model}"\ndevice = "cpu"\nbatch_size = 8\nmax_new_tokens = 8\n'
-                      f'num_beams = 1\n[index]\ndb = "{db}"\n')
+    config.write_text(
+        f'[model]\nname = "{model}"\ndevice = "cpu"\nbatch_size = 8\nmax_new_tokens = 8\n'
+        f'num_beams = 1\n[index]\ndb = "{db}"\n'
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "phototag", "--config", str(config), "-q", "backfill", str(library),
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "phototag",
+        "--config",
+        str(config),
+        "-q",
+        "backfill",
+        str(library),
+        "--no-progress",
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     samples: Samples = []

@@ -26,8 +26,12 @@ from phototag.metadata import ExifToolSession  # noqa: E402
 
 
 def file_types(folder: Path) -> dict[str, str]:
-    out = subprocess.run(["exiftool", "-q", "-q", "-r", "-T", "-Directory", "-FileName", "-FileType", str(folder)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["exiftool", "-q", "-q", "-r", "-T", "-Directory", "-FileName", "-FileType", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     types = {}
     for line in out.stdout.splitlines():
         directory, name, kind = line.split("\t")
@@ -64,8 +68,10 @@ def main() -> None:
         for path in lib.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         config = tmp / "config.toml"
-        config.write_text(f'[model]\nname = "{model}"\ndevice = "cpu"\nmax_new_tokens = 8\nnum_beams = 1\n'
-                          f'[index]\ndb = "{tmp / "index.sqlite3"}"\n')
+        config.write_text(
+            f'[model]\nname = "{model}"\ndevice = "cpu"\nmax_new_tokens = 8\nnum_beams = 1\n'
+            f'[index]\ndb = "{tmp / "index.sqlite3"}"\n'
+        )
         command = [sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib), "--no-progress"]
         command += ["--overwrite"] if args.overwrite else []
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
@@ -101,8 +107,10 @@ def main() -> None:
     total = Counter()
     for c in counts.values():
         total.update(c)
-    print(f"| all | {sum(total.values())} | {total['embedded']} | {total['sidecar']} | {total['kept']} | "
-          f"{total['failed']} | |")
+    print(
+        f"| all | {sum(total.values())} | {total['embedded']} | {total['sidecar']} | {total['kept']} | "
+        f"{total['failed']} | |"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,13 @@ POOL_SIZE = 30_000
 QUERIES: dict[str, list[str]] = {
     "common word (~10-20%)": ["beach", "man", "woman", "standing", "people"],
     "rare word (~0.01%)": ["saxophone", "giraffe", "lighthouse", "walrus", "kayak"],
-    "multi-word": ["dog on the beach", "woman sitting on a bench", "man riding a bike in a park",
-                   "red car city street", "plate of food on a table"],
+    "multi-word": [
+        "dog on the beach",
+        "woman sitting on a bench",
+        "man riding a bike in a park",
+        "red car city street",
+        "plate of food on a table",
+    ],
     "phrase": ['"on the beach"', '"riding a bike"', '"red car"', '"plate of food"', '"in front of a building"'],
 }
 FILTERED = ["beach in:/bench/photos/2019", "dog after:2023-06-01", "tag:beach before:2016", "people -beach"]
@@ -71,8 +76,10 @@ def row_stats(label: str, times: list[tuple[float, float]] | list[float]) -> str
     shared: on an idle machine the wall time of a single-threaded search is about its CPU time)."""
     pairs = [t if isinstance(t, tuple) else (t, t) for t in times]
     wall, cpu = [w for w, _ in pairs], [c for _, c in pairs]
-    return (f"  {label:<38} wall p50 {statistics.median(wall):7.1f} p95 {percentile(wall, 0.95):7.1f} ms"
-            f"   cpu p50 {statistics.median(cpu):7.1f} p95 {percentile(cpu, 0.95):7.1f} ms")
+    return (
+        f"  {label:<38} wall p50 {statistics.median(wall):7.1f} p95 {percentile(wall, 0.95):7.1f} ms"
+        f"   cpu p50 {statistics.median(cpu):7.1f} p95 {percentile(cpu, 0.95):7.1f} ms"
+    )
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -140,9 +147,17 @@ def build(db: Path, rows: int, pool: list[str], vectors: Any, model: str | None)
                 choices.append(j)
                 year = 2015 + i * 10 // rows  # photos arrive in date order, like a library
                 month, day = rng.randint(1, 12), rng.randint(1, 28)
-                row: tuple[Any, ...] = (f"/bench/photos/{year}/{month:02d}/IMG_{i:07d}.JPG", 3_000_000,
-                                        1_600_000_000_000_000_000, "done", pool[j], "model", keywords[j],
-                                        0.0, 0.0)
+                row: tuple[Any, ...] = (
+                    f"/bench/photos/{year}/{month:02d}/IMG_{i:07d}.JPG",
+                    3_000_000,
+                    1_600_000_000_000_000_000,
+                    "done",
+                    pool[j],
+                    "model",
+                    keywords[j],
+                    0.0,
+                    0.0,
+                )
                 if has_taken_at:
                     row += (f"{year}-{month:02d}-{day:02d}T12:00:00",)
                 values.append(row)
@@ -227,28 +242,51 @@ def bench_semantic(db: Path, model: str, repeat: int) -> None:
     store = VectorStore(conn, db, model_id(model), vectors_cache_dir())
     start = time.perf_counter()
     store.sync()
-    print(f"  vector cache sync: {time.perf_counter() - start:.1f} s ({store.rows} rows, {store.dim} dims; "
-          "first run copies, later runs only check)")
+    print(
+        f"  vector cache sync: {time.perf_counter() - start:.1f} s ({store.rows} rows, {store.dim} dims; "
+        "first run copies, later runs only check)"
+    )
     threshold = SearchSettings().min_similarity
     vectors = {text: query_vector(model, text) for text in SEMANTIC_QUERIES}  # torch-free where it can be
-    print(row_stats("embed a query (query_vector, no daemon)",
-                    time_calls(lambda: query_vector(model, "puppy at the seaside"), repeat)))
+    print(
+        row_stats(
+            "embed a query (query_vector, no daemon)",
+            time_calls(lambda: query_vector(model, "puppy at the seaside"), repeat),
+        )
+    )
     for mode in (SEMANTIC, HYBRID):
         times: list[tuple[float, float]] = []
         for text in SEMANTIC_QUERIES:
             query = parse_query(text)
-            times += time_calls(lambda q=query, v=vectors[text], m=mode: finder.search(
-                q, mode=m, limit=20, store=store, embed=lambda _t, v=v: v, min_similarity=threshold), repeat)
+            times += time_calls(
+                lambda q=query, v=vectors[text], m=mode: finder.search(
+                    q, mode=m, limit=20, store=store, embed=lambda _t, v=v: v, min_similarity=threshold
+                ),
+                repeat,
+            )
         print(row_stats(f"{mode} ranking (vector given)", times), flush=True)
     times = []
     query = parse_query("puppy at the seaside after:2020-01-01 -cat")
-    times += time_calls(lambda: finder.search(query, mode=HYBRID, limit=20, store=store,
-                                              embed=lambda _t: vectors["puppy at the seaside"],
-                                              min_similarity=threshold), repeat)
+    times += time_calls(
+        lambda: finder.search(
+            query,
+            mode=HYBRID,
+            limit=20,
+            store=store,
+            embed=lambda _t: vectors["puppy at the seaside"],
+            min_similarity=threshold,
+        ),
+        repeat,
+    )
     print(row_stats("hybrid with filters", times), flush=True)
     embedder = load_embedder(model)  # last: torch's threads would skew the timings above
-    print(row_stats("embed a query: sentence-transformers",
-                    time_calls(lambda: embedder.encode(["puppy at the seaside"]), repeat)), flush=True)
+    print(
+        row_stats(
+            "embed a query: sentence-transformers",
+            time_calls(lambda: embedder.encode(["puppy at the seaside"]), repeat),
+        ),
+        flush=True,
+    )
 
 
 def cold_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
@@ -264,8 +302,11 @@ def cold_runs(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 
 def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SOURCE), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
-               PHOTOTAG_DB=str(db))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(SOURCE), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
+        PHOTOTAG_DB=str(db),
+    )
     if model:
         env["PHOTOTAG_EMBEDDING_MODEL"] = model
     commands = {"python -m phototag": [sys.executable, "-m", "phototag"]}
@@ -275,34 +316,58 @@ def bench_cold(db: Path, folder: Path, model: str | None, runs: int) -> None:
     keyword = ["search", "beach"] if search_module is None else ["search", "--mode", "keyword", "beach"]
     for name, argv in commands.items():
         times = cold_runs([*argv, *keyword], env, runs)
-        print(f"  {name + ' ' + ' '.join(keyword):<60} median {statistics.median(times):6.0f} ms   "
-              f"max {max(times):6.0f} ms", flush=True)
-    check = subprocess.run([sys.executable, "-X", "importtime", "-m", "phototag", *keyword],
-                           env=env, capture_output=True, text=True, cwd=env["XDG_DATA_HOME"])
-    heavy = sorted({line.split("|")[-1].strip().split(".")[0] for line in check.stderr.splitlines()
-                    if any(f" {m}" in line for m in ("torch", "transformers", "sentence_transformers",
-                                                      "numpy", "sqlalchemy"))})
+        print(
+            f"  {name + ' ' + ' '.join(keyword):<60} median {statistics.median(times):6.0f} ms   "
+            f"max {max(times):6.0f} ms",
+            flush=True,
+        )
+    check = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "phototag", *keyword],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=env["XDG_DATA_HOME"],
+    )
+    heavy = sorted(
+        {
+            line.split("|")[-1].strip().split(".")[0]
+            for line in check.stderr.splitlines()
+            if any(f" {m}" in line for m in ("torch", "transformers", "sentence_transformers", "numpy", "sqlalchemy"))
+        }
+    )
     print(f"  heavy modules imported by a keyword search: {', '.join(heavy) or 'none'}")
     if not model or search_module is None:
         return
     argv = [sys.executable, "-m", "phototag", "search", "--mode", "semantic", "puppy at the seaside"]
     times = cold_runs(argv, env, runs)
-    print(f"  {'python -m phototag search --mode semantic (no daemon)':<60} median "
-          f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms", flush=True)
+    print(
+        f"  {'python -m phototag search --mode semantic (no daemon)':<60} median "
+        f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms",
+        flush=True,
+    )
     times = cold_runs([*argv[:4], "hybrid", *argv[5:]], env, runs)
-    print(f"  {'python -m phototag search (hybrid, no daemon)':<60} median "
-          f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms", flush=True)
+    print(
+        f"  {'python -m phototag search (hybrid, no daemon)':<60} median "
+        f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms",
+        flush=True,
+    )
     from phototag.embed_socket import EmbedServer
 
     socket_path = folder / "data" / "phototag" / "run" / "embed.sock"
     server = EmbedServer(socket_path, model).start()
     try:
         times = cold_runs(argv, env, runs)
-        print(f"  {'  ... with a daemon answering on its socket':<60} median {statistics.median(times):6.0f} ms   "
-              f"max {max(times):6.0f} ms", flush=True)
+        print(
+            f"  {'  ... with a daemon answering on its socket':<60} median {statistics.median(times):6.0f} ms   "
+            f"max {max(times):6.0f} ms",
+            flush=True,
+        )
         times = cold_runs([*argv[:4], "hybrid", *argv[5:]], env, runs)
-        print(f"  {'python -m phototag search (hybrid) with the daemon':<60} median "
-              f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms", flush=True)
+        print(
+            f"  {'python -m phototag search (hybrid) with the daemon':<60} median "
+            f"{statistics.median(times):6.0f} ms   max {max(times):6.0f} ms",
+            flush=True,
+        )
     finally:
         server.close()
 
@@ -325,8 +390,10 @@ def main() -> None:
 
     import phototag
 
-    print(f"phototag {phototag.__version__} from {Path(phototag.__file__).parent}; python {sys.version.split()[0]}; "
-          f"SQLite {sqlite3.sqlite_version}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"phototag {phototag.__version__} from {Path(phototag.__file__).parent}; python {sys.version.split()[0]}; "
+        f"SQLite {sqlite3.sqlite_version}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}"
+    )
     semantic = search_module is not None and not args.no_semantic
     model = embedding_model() if semantic else None
     pool = caption_pool(POOL_SIZE)
@@ -336,8 +403,9 @@ def main() -> None:
         if args.rebuild:
             db.with_suffix(".built").unlink(missing_ok=True)
         build(db, size, pool, vectors, model)
-        print(f"\n== {size:,} photos ({db.stat().st_size / 2**20:.0f} MiB index; "
-              f"load average {os.getloadavg()[0]:.1f})")
+        print(
+            f"\n== {size:,} photos ({db.stat().st_size / 2**20:.0f} MiB index; load average {os.getloadavg()[0]:.1f})"
+        )
         print("keyword search, in-process, limit 20:")
         bench_keyword(db, args.repeat)
         if semantic and model:

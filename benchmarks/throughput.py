@@ -99,8 +99,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     dtype = pick_dtype(args.dtype, device)
     model_dir = build_blip_large(Path(args.model_dir))
     settings = ModelSettings(
-        name=str(model_dir), device=device, dtype=dtype, batch_size=args.batch_size,
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_beams=args.num_beams,
+        name=str(model_dir),
+        device=device,
+        dtype=dtype,
+        batch_size=args.batch_size,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        num_beams=args.num_beams,
         draft_decode={"on": True, "off": False}.get(args.draft, "auto"),
     )
     started = time.perf_counter()
@@ -123,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
-def throughput(settings: Any, captioner: Any, model_dir: Path, photos: list[Path],
-               seed_ids: dict[Path, list[int]]) -> None:
+def throughput(
+    settings: Any, captioner: Any, model_dir: Path, photos: list[Path], seed_ids: dict[Path, list[int]]
+) -> None:
     """The three lines, in the order raw, phototag, seed, phototag, raw."""
     batch = captioner.batch_size
     warm_up(captioner, batch, 1)
@@ -147,24 +153,43 @@ def throughput(settings: Any, captioner: Any, model_dir: Path, photos: list[Path
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="model precision for the three lines (auto: fp16 on cuda, fp32 elsewhere)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="model precision for the three lines (auto: fp16 on cuda, fp32 elsewhere)",
+    )
     parser.add_argument("--batch-size", type=int, default=0, help="0: phototag's default for the device")
-    parser.add_argument("--photos", type=int, default=0,
-                        help="photos per line (0: 12 on cpu, 256 on cuda); the corpus list repeats")
-    parser.add_argument("--draft", default="auto", choices=["auto", "on", "off"],
-                        help="phototag's JPEG draft decoding (auto: phototag's default, off with fp32)")
+    parser.add_argument(
+        "--photos", type=int, default=0, help="photos per line (0: 12 on cpu, 256 on cuda); the corpus list repeats"
+    )
+    parser.add_argument(
+        "--draft",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="phototag's JPEG draft decoding (auto: phototag's default, off with fp32)",
+    )
     parser.add_argument("--new-tokens", type=int, default=20, help="exact caption length in tokens")
     parser.add_argument("--num-beams", type=int, default=1, help="1: greedy, as the model card's example")
-    parser.add_argument("--fidelity-photos", type=int, default=None,
-                        help="photos for the fidelity table (default 12 on cpu, 16 on cuda; 0: skip)")
-    parser.add_argument("--fp16-photos", type=int, default=None,
-                        help="photos for the fp16 fidelity row (default: all on cuda, 0 on cpu where fp16 "
-                             "takes ~40 s a photo)")
+    parser.add_argument(
+        "--fidelity-photos",
+        type=int,
+        default=None,
+        help="photos for the fidelity table (default 12 on cpu, 16 on cuda; 0: skip)",
+    )
+    parser.add_argument(
+        "--fp16-photos",
+        type=int,
+        default=None,
+        help="photos for the fp16 fidelity row (default: all on cuda, 0 on cpu where fp16 takes ~40 s a photo)",
+    )
     parser.add_argument("--fidelity-only", action="store_true", help="skip the three throughput lines")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "phototag-bench" / "blip-large"),
-                        help="where the random BLIP-large is built once and cached (1.8 GB)")
+    parser.add_argument(
+        "--model-dir",
+        default=str(Path(tempfile.gettempdir()) / "phototag-bench" / "blip-large"),
+        help="where the random BLIP-large is built once and cached (1.8 GB)",
+    )
     return parser.parse_args(argv)
 
 
@@ -263,8 +288,7 @@ def phototag(settings: Any, captioner: Any, photos: list[Path], name: str = "pho
         with ExifToolSession() as exiftool:
             exiftool.version()  # the process is up before the clock starts
             counting = CountingCaptioner(captioner)
-            pipeline = Pipeline(full, index, exiftool, captioner_factory=lambda: counting,
-                                on_outcome=outcomes.append)
+            pipeline = Pipeline(full, index, exiftool, captioner_factory=lambda: counting, on_outcome=outcomes.append)
             clock = Clock()
             pipeline.start()
             for path in walk_photos([library]):
@@ -306,15 +330,21 @@ def header(args: argparse.Namespace, captioner: Any, model_dir: Path, model: str
         chip = cpu_name()
     exiftool = subprocess.run(["exiftool", "-ver"], capture_output=True, text=True).stdout.strip()
     print(f"model       {model} ({model_dir})")
-    print(f"device      {device} ({chip}), torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.2f}")
-    print(f"settings    dtype {captioner.dtype_name}, batch size {captioner.batch_size}, "
-          f"{args.new_tokens} new tokens (forced), num_beams {args.num_beams}, draft decoding "
-          f"{'on' if captioner.draft_decode else 'off'} (phototag line)")
+    print(
+        f"device      {device} ({chip}), torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"settings    dtype {captioner.dtype_name}, batch size {captioner.batch_size}, "
+        f"{args.new_tokens} new tokens (forced), num_beams {args.num_beams}, draft decoding "
+        f"{'on' if captioner.draft_decode else 'off'} (phototag line)"
+    )
     if not args.fidelity_only:
         print(f"photos      {n} per line, from {len(PHOTOS)} corpus files incl. the 12 MP big_4000x3000_q92.jpg")
-    print(f"versions    python {platform.python_version()}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, pillow {PIL.__version__}, exiftool {exiftool}, phototag {git_rev()}")
+    print(
+        f"versions    python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, pillow {PIL.__version__}, exiftool {exiftool}, phototag {git_rev()}"
+    )
     print(f"model load  {load_s:.1f} s through phototag's Captioner (not in the lines below)\n")
 
 
@@ -322,8 +352,11 @@ LINE_HEADER = f"{'line':<16}  photos  seconds  photos/s  s/photo  cpu-s/photo  n
 
 
 def print_line(line: Line) -> None:
-    print(f"{line.name:<16}  {line.photos:>6}  {line.seconds:>7.1f}  {line.rate:>8.3f}  "
-          f"{line.seconds / line.photos:>7.2f}  {line.cpu_seconds / line.photos:>11.2f}  {line.note}", flush=True)
+    print(
+        f"{line.name:<16}  {line.photos:>6}  {line.seconds:>7.1f}  {line.rate:>8.3f}  "
+        f"{line.seconds / line.photos:>7.2f}  {line.cpu_seconds / line.photos:>11.2f}  {line.note}",
+        flush=True,
+    )
 
 
 def print_ratios(lines: list[Line], batch: int, dtype: str) -> None:
@@ -333,11 +366,15 @@ def print_ratios(lines: list[Line], batch: int, dtype: str) -> None:
         return mean, (max(r.rate for r in runs) - min(r.rate for r in runs)) / mean
 
     (raw, raw_spread), (tag, tag_spread), (seed, _) = rate("raw model"), rate("phototag"), rate("seed script")
-    print(f"\nphototag/raw  {tag / raw:.2f}   (same dtype {dtype}, batch size {batch}; each the mean of its two runs, "
-          f"which differ by {raw_spread:.0%} (raw) and {tag_spread:.0%} (phototag))")
+    print(
+        f"\nphototag/raw  {tag / raw:.2f}   (same dtype {dtype}, batch size {batch}; each the mean of its two runs, "
+        f"which differ by {raw_spread:.0%} (raw) and {tag_spread:.0%} (phototag))"
+    )
     print(f"phototag/seed {tag / seed:.2f}")
-    print("cpu-s/photo: CPU seconds of this process and its exiftool per photo; wall time above it is waiting "
-          "(or other load on the machine)")
+    print(
+        "cpu-s/photo: CPU seconds of this process and its exiftool per photo; wall time above it is waiting "
+        "(or other load on the machine)"
+    )
 
 
 class Clock:
@@ -377,16 +414,19 @@ class Option:
     photos: int
 
 
-def fidelity(settings: Any, photos: list[Path], batch: int, fp16_photos: int,
-             seed_ids: dict[Path, list[int]]) -> None:
+def fidelity(settings: Any, photos: list[Path], batch: int, fp16_photos: int, seed_ids: dict[Path, list[int]]) -> None:
     """Token-identity of each speed option against the fp32 reference (batch 1, full decode)."""
     from phototag.imaging import is_raw_path, load_rgb
 
-    print(f"\nfidelity on {len(photos)} photos: captions token-identical to the fp32 reference "
-          "(phototag's Captioner, batch 1, full decode).")
-    print("Random weights make captions arbitrary but deterministic, so token identity still measures what an "
-          "option changes;\ntheir near-flat logits flip on smaller changes than a trained model's, so the shares "
-          "are a lower bound.\n")
+    print(
+        f"\nfidelity on {len(photos)} photos: captions token-identical to the fp32 reference "
+        "(phototag's Captioner, batch 1, full decode)."
+    )
+    print(
+        "Random weights make captions arbitrary but deterministic, so token identity still measures what an "
+        "option changes;\ntheir near-flat logits flip on smaller changes than a trained model's, so the shares "
+        "are a lower bound.\n"
+    )
     options = [
         Option("fp32 reference", "fp32", 1, False, len(photos)),
         Option("draft decoding", "fp32", 1, True, len(photos)),
@@ -481,8 +521,9 @@ def cpu_name() -> str:
 def git_rev() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return out.stdout.strip() + ("+changes" if dirty else "")
     except OSError:
         return "unknown"

@@ -78,8 +78,9 @@ def main() -> None:
         )
         state = db.with_name(db.name + ".daemon.json")
         started = time.monotonic()
-        daemon = subprocess.Popen([sys.executable, "-m", "phototag", "-q", "--config", str(config), "watch", str(lib)],
-                                  cwd=REPO)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "phototag", "-q", "--config", str(config), "watch", str(lib)], cwd=REPO
+        )
         try:
             wait(lambda: state.exists() and json.loads(state.read_text()).get("caught_up"), 60, "the daemon")
             print(f"daemon up and caught up in {time.monotonic() - started:.2f} s (pid {daemon.pid})")
@@ -100,9 +101,11 @@ def main() -> None:
                     print(f"RSS with the model loaded: {loaded[0]:.0f} MiB (peak {loaded[1]:.0f} MiB)")
             rest = latencies[1:]
             if rest:
-                print(f"latency over {len(rest)} more photos (settle {args.settle:g} s): "
-                      f"median {statistics.median(rest):.3f} s, min {min(rest):.3f} s, max {max(rest):.3f} s; "
-                      f"minus settle: median {statistics.median(rest) - args.settle:.3f} s")
+                print(
+                    f"latency over {len(rest)} more photos (settle {args.settle:g} s): "
+                    f"median {statistics.median(rest):.3f} s, min {min(rest):.3f} s, max {max(rest):.3f} s; "
+                    f"minus settle: median {statistics.median(rest) - args.settle:.3f} s"
+                )
             stop = time.monotonic()
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(60)

@@ -75,8 +75,10 @@ def check_settings(settings: ModelSettings) -> None:
         if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")) and sys.platform == "linux":
             raise ModelLoadError(f"device {device!r} requested but this machine has no NVIDIA driver; use --device cpu")
         if _torch_has_cuda() is False:
-            raise ModelLoadError(f"device {device!r} requested but the installed torch is a CPU-only build; "
-                                 "use --device cpu, or install torch with CUDA")
+            raise ModelLoadError(
+                f"device {device!r} requested but the installed torch is a CPU-only build; "
+                "use --device cpu, or install torch with CUDA"
+            )
     if device == "mps" and sys.platform != "darwin":
         raise ModelLoadError("device 'mps' requested but MPS exists only on macOS; use --device cpu")
 
@@ -260,5 +262,4 @@ def _load_hint(name: str, exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if Path(name).expanduser().exists():
         return f"cannot load model from folder {name!r}: {first}"
-    return (f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}); "
-            f"{HUB_HINT}")
+    return f"cannot load model {name!r}: it is not in the local cache and could not be downloaded ({first}); {HUB_HINT}"

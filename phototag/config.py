@@ -144,7 +144,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 def _coerce(key: str, value: Any, default: Any) -> Any:
     if key == "model.draft_decode":
         if value != "auto" and not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true, false or \"auto\", got {value!r}")
+            raise ConfigError(f'{key}: expected true, false or "auto", got {value!r}')
         return value
     if key in _CHOICES:
         if value not in _CHOICES[key] and not (key == "model.device" and str(value).startswith("cuda:")):

@@ -43,8 +43,9 @@ def thumbnails_dir() -> Path:
 class Thumbnails:
     """JPEG thumbnails, made once per (photo, size, mtime) and kept under ``cache_dir``."""
 
-    def __init__(self, cache_dir: Path, size: int = THUMB_SIZE,
-                 raw_preview: Callable[[Path], bytes | None] | None = None) -> None:
+    def __init__(
+        self, cache_dir: Path, size: int = THUMB_SIZE, raw_preview: Callable[[Path], bytes | None] | None = None
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.size = size
         self._raw_preview = raw_preview
@@ -126,7 +127,7 @@ def render(hits: Sequence[SearchHit], thumbnails: Thumbnails, *, title: str, sub
         )
     empty = "<p>No photos matched.</p>" if not hits else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>"
         f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>\n"

@@ -74,8 +74,9 @@ class Embedder:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
         except ImportError as exc:
-            raise EmbeddingError(f"sentence-transformers is not installed ({exc}): pip install sentence-transformers") \
-                from exc
+            raise EmbeddingError(
+                f"sentence-transformers is not installed ({exc}): pip install sentence-transformers"
+            ) from exc
         hf_logging.disable_progress_bar()
         try:
             return SentenceTransformer(self.name, device=device)
@@ -177,8 +178,9 @@ def _missing_batches(index: PhotoIndex, model: str, size: int) -> Iterator[list[
     while True:
         with index.engine.connect() as conn:
             rows = conn.execute(
-                _sql(_MISSING.format(select="p.id, p.caption", after="AND p.id > :last",
-                                     limit="ORDER BY p.id LIMIT :n")),
+                _sql(
+                    _MISSING.format(select="p.id, p.caption", after="AND p.id > :last", limit="ORDER BY p.id LIMIT :n")
+                ),
                 {"model": model, "status": DONE, "last": last, "n": size},
             ).all()
         if not rows:
@@ -260,8 +262,10 @@ class EmbedWorker:
             self._queue.put_nowait(list(items))
         except queue.Full:
             if not self.dropped:
-                log.warning("embeddings are falling behind captioning; some captions of this run are left without "
-                            "one: run 'phototag reindex --embeddings' afterwards")
+                log.warning(
+                    "embeddings are falling behind captioning; some captions of this run are left without "
+                    "one: run 'phototag reindex --embeddings' afterwards"
+                )
             self.dropped += len(items)
 
     def close(self) -> None:
@@ -313,7 +317,10 @@ class EmbedWorker:
             self._on_index_error(exc)
         except EmbeddingError as exc:
             self.disabled_reason = str(exc)
-            log.warning("captions are indexed without embeddings (search by meaning needs them): %s; "
-                        "run 'phototag reindex --embeddings' once the model is available", exc)
+            log.warning(
+                "captions are indexed without embeddings (search by meaning needs them): %s; "
+                "run 'phototag reindex --embeddings' once the model is available",
+                exc,
+            )
         except Exception as exc:  # one failed batch must not stop captioning
             log.warning("embedding %d captions failed: %s", len(batch), exc)

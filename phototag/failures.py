@@ -21,8 +21,17 @@ MAX_TRIES = 3
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 TRANSIENT_ERRNOS = _DISK_FULL_ERRNOS | frozenset(
-    {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM, errno.ETIMEDOUT, errno.ESTALE,
-     errno.ENFILE, errno.EMFILE}
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ENOMEM,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ENFILE,
+        errno.EMFILE,
+    }
 )
 # Free space below which a failed write is put down to a full disk: the write needs a temp copy.
 _SPARE_BYTES = 64 * 1024

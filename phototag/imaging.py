@@ -59,9 +59,7 @@ def _open(source: Path | io.BytesIO, min_side: int, draft: bool) -> Image.Image:
     return image
 
 
-def load_rgb(
-    path: Path, *, min_side: int = 0, draft: bool = False, preview: bytes | None = None
-) -> Image.Image:
+def load_rgb(path: Path, *, min_side: int = 0, draft: bool = False, preview: bytes | None = None) -> Image.Image:
     """Decode ``path`` (or a RAW file's embedded ``preview``) to an upright RGB image.
 
     ``min_side`` is the model's input resolution; draft decoding may shrink a JPEG on decode but never

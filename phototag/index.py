@@ -233,6 +233,7 @@ class PhotoIndex:
                 stmt = stmt.limit(limit)
             return list(session.scalars(stmt))
 
+
 def _under(folder: Path) -> Any:
     """SQL condition: the row's path lies under ``folder``."""
     prefix = str(folder).rstrip(os.sep) + os.sep

@@ -76,8 +76,18 @@ from phototag.stages import (
 
 # The outcome kinds and types sources and commands read, where they meet the pipeline.
 __all__ = [
-    "CAPTIONED", "FAILED_OUTCOME", "HUMAN", "MOVED", "RETURNED", "SKIPPED", "SYMLINK", "WOULD_WRITE",
-    "Decision", "Outcome", "Pipeline", "Task",
+    "CAPTIONED",
+    "FAILED_OUTCOME",
+    "HUMAN",
+    "MOVED",
+    "RETURNED",
+    "SKIPPED",
+    "SYMLINK",
+    "WOULD_WRITE",
+    "Decision",
+    "Outcome",
+    "Pipeline",
+    "Task",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,9 +151,7 @@ class Pipeline:
         self.index = index
         self.exiftool = exiftool
         self.dry_run = dry_run
-        self.planner = Planner(
-            settings, index, exiftool, retry_failed=retry_failed, include_restored=include_restored
-        )
+        self.planner = Planner(settings, index, exiftool, retry_failed=retry_failed, include_restored=include_restored)
         self._captioner_factory = captioner_factory or (lambda: Captioner(settings.model))
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.captioner: Captioner | None = None
@@ -177,8 +185,12 @@ class Pipeline:
         else:
             # captions are embedded (for search by meaning) on a helper thread, after they are indexed
             if settings.search.embeddings:
-                self.embeddings = EmbedWorker(index, settings.embedding_model(), store=self._store_vectors,
-                                              on_index_error=lambda exc: self._fail(run_error(exc)))
+                self.embeddings = EmbedWorker(
+                    index,
+                    settings.embedding_model(),
+                    store=self._store_vectors,
+                    on_index_error=lambda exc: self._fail(run_error(exc)),
+                )
                 self._threads.append(threading.Thread(target=self._embed_loop, name="phototag-embed", daemon=True))
             producers = 2 if self.embeddings is not None else 1  # the write and embed threads
             writer = self._index_writer = IndexWriter(

@@ -68,8 +68,16 @@ class Query:
 
     @property
     def has_filters(self) -> bool:
-        return bool(self.phrases or self.tags or self.excluded or self.excluded_tags or self.folders
-                    or self.excluded_folders or self.after or self.before)
+        return bool(
+            self.phrases
+            or self.tags
+            or self.excluded
+            or self.excluded_tags
+            or self.folders
+            or self.excluded_folders
+            or self.after
+            or self.before
+        )
 
     def _required(self) -> list[str]:
         parts = [_quote(" ".join(p)) for p in self.phrases if p]

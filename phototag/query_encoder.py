@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
-_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-            "sentence_transformers.models.Normalize"]
+_MODULES = [
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+]
 
 
 def model_folder(name: str) -> Path | None:
@@ -33,7 +36,8 @@ def model_folder(name: str) -> Path | None:
     if name.count("/") != 1:
         return None
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
+    )
     repo = Path(hub) / ("models--" + name.replace("/", "--"))
     try:
         revision = (repo / "refs" / "main").read_text().strip()
@@ -124,7 +128,7 @@ class NumpyBert:
     def _encode(self, text: str) -> np.ndarray:
         ids = self.tokenizer.encode(text).ids
         words = self._file.get_slice(self._prefix + "embeddings.word_embeddings.weight")
-        x = np.stack([words[i:i + 1][0] for i in ids]).astype(np.float32)
+        x = np.stack([words[i : i + 1][0] for i in ids]).astype(np.float32)
         x = x + self._w("embeddings.position_embeddings.weight")[: len(ids)]
         x = x + self._w("embeddings.token_type_embeddings.weight")[0]
         x = _layer_norm(x, self._w("embeddings.LayerNorm.weight"), self._w("embeddings.LayerNorm.bias"), self.eps)
@@ -136,19 +140,28 @@ class NumpyBert:
             def dense(v: np.ndarray, name: str, layer: str = layer) -> np.ndarray:
                 return v @ self._w(layer + name + ".weight").T + self._w(layer + name + ".bias")
 
-            q, k, v = (dense(x, f"attention.self.{p}").reshape(n, self.heads, size).transpose(1, 0, 2)
-                       for p in ("query", "key", "value"))
+            q, k, v = (
+                dense(x, f"attention.self.{p}").reshape(n, self.heads, size).transpose(1, 0, 2)
+                for p in ("query", "key", "value")
+            )
             scores = q @ k.transpose(0, 2, 1) / np.sqrt(size)
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             scores /= scores.sum(axis=-1, keepdims=True)
             context = (scores @ v).transpose(1, 0, 2).reshape(n, hidden)
-            x = _layer_norm(x + dense(context, "attention.output.dense"),
-                            self._w(layer + "attention.output.LayerNorm.weight"),
-                            self._w(layer + "attention.output.LayerNorm.bias"), self.eps)
+            x = _layer_norm(
+                x + dense(context, "attention.output.dense"),
+                self._w(layer + "attention.output.LayerNorm.weight"),
+                self._w(layer + "attention.output.LayerNorm.bias"),
+                self.eps,
+            )
             h = dense(x, "intermediate.dense")
             h = 0.5 * h * (1.0 + _erf(h / np.sqrt(2.0)))
-            x = _layer_norm(x + dense(h, "output.dense"), self._w(layer + "output.LayerNorm.weight"),
-                            self._w(layer + "output.LayerNorm.bias"), self.eps)
+            x = _layer_norm(
+                x + dense(h, "output.dense"),
+                self._w(layer + "output.LayerNorm.weight"),
+                self._w(layer + "output.LayerNorm.bias"),
+                self.eps,
+            )
         pooled = x.mean(axis=0)
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
 

@@ -156,8 +156,11 @@ class Finder:
         ).fetchone()[0]
         if kept < FEW_KEPT:  # answered from the path or date index alone; status is checked after ranking
             return f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
-        return (f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})",
-                params, RANK_CAP_FILTERED)
+        return (
+            f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})",
+            params,
+            RANK_CAP_FILTERED,
+        )
 
     def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
         """Up to ``want`` done photos matching ``expression``, best bm25 first, among the newest matches
@@ -179,9 +182,13 @@ class Finder:
             fetch *= 4  # pending rows (captions being written) took places: look further
 
     def _done_ids(self, ids: Iterable[int]) -> set[int]:
-        return {r[0] for r in self.conn.execute(
-            "SELECT id FROM photos WHERE id IN (SELECT value FROM json_each(?)) AND +status = ?",
-            (_in_list(ids), DONE))}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM photos WHERE id IN (SELECT value FROM json_each(?)) AND +status = ?",
+                (_in_list(ids), DONE),
+            )
+        }
 
     def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]:
         """(photo id, score) best first: photos with every word, then photos with some of them."""
@@ -211,8 +218,12 @@ class Finder:
         conditions, args = self._filter_conditions(query)
         allowed = None
         if query.folders or query.after or query.before or query.required_expression():
-            kept = [r[0] for r in self.conn.execute(
-                f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT_SEMANTIC])]
+            kept = [
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT_SEMANTIC]
+                )
+            ]
             if not kept:
                 return []
             if len(kept) < FEW_KEPT_SEMANTIC:
@@ -224,15 +235,23 @@ class Finder:
         checked = stale = 0
         for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
             seqs = _in_list(seq for seq, _, _ in window)
-            live = {r[0] for r in self.conn.execute(
-                "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
-                f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}", [seqs, *args])}
+            live = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
+                    f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}",
+                    [seqs, *args],
+                )
+            }
             if not query.has_filters:  # without filters, a vector no longer in the index is stale
                 checked += len(window)
                 # (a missing or pending photo's vector is not: rebuilding the copy would bring it back)
-                stale += len(window) - self.conn.execute(
-                    "SELECT count(*) FROM photo_embeddings WHERE seq IN (SELECT value FROM json_each(?))",
-                    [seqs]).fetchone()[0]
+                stale += (
+                    len(window)
+                    - self.conn.execute(
+                        "SELECT count(*) FROM photo_embeddings WHERE seq IN (SELECT value FROM json_each(?))", [seqs]
+                    ).fetchone()[0]
+                )
             ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
             if len(ranking) >= want:
                 break
@@ -254,8 +273,10 @@ class Finder:
     def filtered(self, query: Query, want: int) -> list[tuple[int, float]]:
         """No words to rank by, only filters: the matching photos, most recently taken first."""
         conditions, args = self._filter_conditions(query)
-        sql = (f"SELECT p.id FROM photos p WHERE {conditions} "
-               "ORDER BY p.taken_at IS NULL, p.taken_at DESC, p.id DESC LIMIT ?")
+        sql = (
+            f"SELECT p.id FROM photos p WHERE {conditions} "
+            "ORDER BY p.taken_at IS NULL, p.taken_at DESC, p.id DESC LIMIT ?"
+        )
         return [(r[0], 0.0) for r in self.conn.execute(sql, [*args, want])]
 
     def search(
@@ -284,17 +305,22 @@ class Finder:
         if mode == SEMANTIC:
             return self.hits(self.semantic_ranking(query, store, vector, limit, min_similarity))
         depth = max(100, 2 * limit)
-        fused = self.fuse(self.keyword_ranking(query, depth),
-                          self.semantic_ranking(query, store, vector, depth, min_similarity))
+        fused = self.fuse(
+            self.keyword_ranking(query, depth), self.semantic_ranking(query, store, vector, depth, min_similarity)
+        )
         return self.hits(fused[:limit])
 
     def hits(self, ranking: Sequence[tuple[int, float]]) -> list[SearchHit]:
         if not ranking:
             return []
-        rows = {r[0]: r for r in self.conn.execute(
-            "SELECT id, path, caption, caption_source, taken_at FROM photos "
-            "WHERE id IN (SELECT value FROM json_each(?))",
-            (_in_list(pid for pid, _ in ranking),))}
+        rows = {
+            r[0]: r
+            for r in self.conn.execute(
+                "SELECT id, path, caption, caption_source, taken_at FROM photos "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (_in_list(pid for pid, _ in ranking),),
+            )
+        }
         return [
             SearchHit(rows[pid][1], rows[pid][2] or "", score, rows[pid][3], rows[pid][4], pid)
             for pid, score in ranking
@@ -314,4 +340,3 @@ def has_vectors(conn: sqlite3.Connection, model: str) -> bool:
 
 def vector_models(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT model FROM photo_embeddings")]
-

@@ -210,7 +210,7 @@ class VectorStore:
         out = np.empty(self.rows, dtype=np.float32)
         with one_blas_thread():
             for start in range(0, self.rows, CHUNK_ROWS):
-                np.dot(self._vectors[start:start + CHUNK_ROWS], query, out=out[start:start + CHUNK_ROWS])
+                np.dot(self._vectors[start : start + CHUNK_ROWS], query, out=out[start : start + CHUNK_ROWS])
         return out
 
     def ranked(

@@ -182,8 +182,9 @@ class WatchDaemon:
         self.index = index
         self.db = settings.db_path()
         self.settler = Settler(settings.watch.settle_seconds)
-        self.pipeline = Pipeline(settings, index, exiftool, captioner_factory=captioner_factory,
-                                 on_outcome=self._on_outcome)
+        self.pipeline = Pipeline(
+            settings, index, exiftool, captioner_factory=captioner_factory, on_outcome=self._on_outcome
+        )
         self.counts: Counter[str] = Counter()  # outcomes since start, by kind
         self._counts_lock = threading.Lock()
         self.last_error: dict[str, Any] | None = None
@@ -207,8 +208,11 @@ class WatchDaemon:
             self._write_state()
             self.pipeline.start()
             self._observer = self._start_observer()
-            for name, target in (("dispatch", self._dispatch_loop), ("scan", self._scan_loop),
-                                 ("state", self._state_loop)):
+            for name, target in (
+                ("dispatch", self._dispatch_loop),
+                ("scan", self._scan_loop),
+                ("state", self._state_loop),
+            ):
                 thread = threading.Thread(target=target, name=f"phototag-watch-{name}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -269,8 +273,16 @@ class WatchDaemon:
                 daemon.dispatch(event)
 
         # no open/close-without-write events: phototag's own reads must not wake the daemon
-        wanted = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-                  DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+        wanted = [
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileClosedEvent,
+            FileMovedEvent,
+            FileDeletedEvent,
+            DirCreatedEvent,
+            DirMovedEvent,
+            DirDeletedEvent,
+        ]
         observer = Observer()
         for root in self.roots:
             try:

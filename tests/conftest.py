@@ -41,8 +41,9 @@ CORPUS = Path(os.environ.get("PHOTOTAG_CORPUS", REPO.parent / "shared" / "corpus
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not CORPUS.is_dir():
-        raise pytest.UsageError(f"test corpus not found at {CORPUS}: put shared/ beside the repo "
-                                "or set PHOTOTAG_CORPUS")
+        raise pytest.UsageError(
+            f"test corpus not found at {CORPUS}: put shared/ beside the repo or set PHOTOTAG_CORPUS"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +93,9 @@ def settings(tiny_model: Path, tmp_path: Path) -> Settings:
     )
 
 
-def write_config(folder: Path, tiny_model: Path, *, db: Path | None = None, batch_size: int = 4,
-                 extra: str = "") -> Path:
+def write_config(
+    folder: Path, tiny_model: Path, *, db: Path | None = None, batch_size: int = 4, extra: str = ""
+) -> Path:
     """``folder/config.toml``: the tiny model on the CPU, the index at ``db`` (default
     ``folder/index.sqlite3``), then ``extra`` TOML (more sections)."""
     config = folder / "config.toml"
@@ -143,8 +145,7 @@ T = TypeVar("T")
 SETTLE = 0.3  # seconds a watched photo must stay unchanged (short: the tests make whole files at once)
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition",
-               poll: float = 0.05) -> T:
+def wait_until(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition", poll: float = 0.05) -> T:
     """Poll ``condition`` until it returns something true (which is returned) or ``timeout`` seconds
     pass (AssertionError naming ``what``). Tests wait on conditions like this, never on fixed sleeps:
     a deadline is generous on a loaded machine and costs nothing on a quiet one."""
@@ -241,13 +242,18 @@ def rgb_pixels(path: Path) -> bytes:
 # -- the watch daemon: as a process, and in this process -------------------------------------------
 
 
-def start_daemon(config: Path, lib: Path, log: Path,
-                 procs: list[subprocess.Popen[bytes]] | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(
+    config: Path, lib: Path, log: Path, procs: list[subprocess.Popen[bytes]] | None = None
+) -> subprocess.Popen[bytes]:
     """``phototag watch LIB`` as a process, its stderr appended to ``log`` (and the process to ``procs``,
     which the caller kills when the test ends)."""
     with open(log, "ab") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     if procs is not None:
         procs.append(proc)
     return proc
@@ -315,11 +321,14 @@ class Harness:
         the daemon and the spy, so has every earlier one. Then: nothing still settling, a dispatcher
         pass completed since (whatever settled was submitted), the pipeline empty (any write done),
         and a second sentinel through the spy (it saw those writes)."""
+
         def through(name: str, *, daemon: bool) -> None:
             sentinel = folder / f".sentinel-{name}-{time.monotonic_ns()}"
             sentinel.write_bytes(b"")
-            wait_until(lambda: str(sentinel) in self.spy.seen and (not daemon or str(sentinel) in self.dispatched),
-                     what=f"the {name} sentinel's event")
+            wait_until(
+                lambda: str(sentinel) in self.spy.seen and (not daemon or str(sentinel) in self.dispatched),
+                what=f"the {name} sentinel's event",
+            )
             sentinel.unlink()
 
         through("first", daemon=True)
@@ -337,8 +346,13 @@ def running_daemon(settings: Settings, lib: Path) -> Iterator[Harness]:
     exiftool = ExifToolSession()
     inferred: Counter[str] = Counter()
     spy = WriteSpy(lib)
-    daemon = WatchDaemon(settings, [lib], index=index, exiftool=exiftool,
-                         captioner_factory=lambda: CountingCaptioner(settings.model, inferred))
+    daemon = WatchDaemon(
+        settings,
+        [lib],
+        index=index,
+        exiftool=exiftool,
+        captioner_factory=lambda: CountingCaptioner(settings.model, inferred),
+    )
     harness = Harness(daemon, spy, inferred)
     submit = daemon.pipeline.submit
 

@@ -19,13 +19,28 @@ from tests.conftest import run_cli as run
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
 PHOTOS = [
-    "jpg/gps/DSCN0010.jpg", "jpg/gps/DSCN0012.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/olympus-c960.jpg",
-    "jpg/orientation/portrait_6.jpg", "jpg/exif-org/nikon-e950.jpg", "jpg/long_description.jpg",
-    "generated/gen_png.png", "generated/gen_webp_lossy.webp", "generated/gen_heic.heic", "tiff/BSG1.tiff",
-    "raw/Nikon.nef", "raw/DNG.dng",
+    "jpg/gps/DSCN0010.jpg",
+    "jpg/gps/DSCN0012.jpg",
+    "jpg/Canon_40D.jpg",
+    "jpg/exif-org/olympus-c960.jpg",
+    "jpg/orientation/portrait_6.jpg",
+    "jpg/exif-org/nikon-e950.jpg",
+    "jpg/long_description.jpg",
+    "generated/gen_png.png",
+    "generated/gen_webp_lossy.webp",
+    "generated/gen_heic.heic",
+    "tiff/BSG1.tiff",
+    "raw/Nikon.nef",
+    "raw/DNG.dng",
 ]
-KEPT_TAGS = ["EXIF:GPSLatitude", "EXIF:GPSLongitude", "EXIF:DateTimeOriginal", "EXIF:Orientation",
-             "EXIF:Make", "EXIF:Model"]
+KEPT_TAGS = [
+    "EXIF:GPSLatitude",
+    "EXIF:GPSLongitude",
+    "EXIF:DateTimeOriginal",
+    "EXIF:Orientation",
+    "EXIF:Make",
+    "EXIF:Model",
+]
 
 
 def exiftool_json(*paths: Path, args: tuple[str, ...] = ("-G", "-n")) -> list[dict]:
@@ -53,8 +68,9 @@ def config(tmp_path: Path, tiny_model: Path) -> Path:
 def test_backfill_captions_writes_metadata_and_search_finds(library: Path, config: Path, tmp_path: Path) -> None:
     photos = sorted(p for p in library.rglob("*") if p.is_file())
     before = {p: exiftool_json(p)[0] for p in photos if p.suffix.lower() not in (".jpg",) or p.stat().st_size}
-    before_pixels = {p: rgb_pixels(p) for p in photos if p.parent.name == "2019" and p.suffix.lower() not in
-                     (".nef", ".dng")}
+    before_pixels = {
+        p: rgb_pixels(p) for p in photos if p.parent.name == "2019" and p.suffix.lower() not in (".nef", ".dng")
+    }
     before_bytes = {p: p.read_bytes() for p in photos}
 
     result = run(config, "backfill", str(library), "--no-progress")
@@ -90,11 +106,15 @@ def test_backfill_captions_writes_metadata_and_search_finds(library: Path, confi
 
     # a person's description is kept and indexed, a camera's boilerplate is replaced
     human = rows[library / "2019" / "long_description.jpg"]
-    assert human.caption_source == "human" and human.caption == before[library / "2019" /
-                                                                          "long_description.jpg"]["EXIF:ImageDescription"]
+    assert (
+        human.caption_source == "human"
+        and human.caption == before[library / "2019" / "long_description.jpg"]["EXIF:ImageDescription"]
+    )
     olympus = rows[library / "2019" / "olympus-c960.jpg"]
-    assert before[library / "2019" / "olympus-c960.jpg"]["EXIF:ImageDescription"].strip().upper() \
+    assert (
+        before[library / "2019" / "olympus-c960.jpg"]["EXIF:ImageDescription"].strip().upper()
         == "OLYMPUS DIGITAL CAMERA"
+    )
     assert olympus.caption_source == "model"
     assert json.loads(olympus.original_metadata)  # the original values were kept for a restore
 
@@ -126,8 +146,25 @@ def _all_rows(index: PhotoIndex) -> list:
         return list(session.scalars(select(Photo)))
 
 
-@pytest.mark.parametrize("query", ['"', "*", "AND", "dog AND", "-", "'", "dog's", "NEAR(", "🐶", "tag:",
-                                   '"unclosed phrase', "a OR b NOT c", "%", "city -city"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"',
+        "*",
+        "AND",
+        "dog AND",
+        "-",
+        "'",
+        "dog's",
+        "NEAR(",
+        "🐶",
+        "tag:",
+        '"unclosed phrase',
+        "a OR b NOT c",
+        "%",
+        "city -city",
+    ],
+)
 def test_hostile_queries_never_fail(query: str, config: Path, library: Path) -> None:
     copy = library / "2019"
     assert run(config, "backfill", str(copy / "DSCN0010.jpg"), "--no-progress").exit_code == 0
@@ -138,10 +175,28 @@ def test_hostile_queries_never_fail(query: str, config: Path, library: Path) -> 
 def test_search_ranks_all_words_first_and_skips_deleted(config: Path, tmp_path: Path, corpus: Path) -> None:
     lib = tmp_path / "lib"
     photos = copy_from_corpus(["jpg/long_description.jpg", "jpg/gps/DSCN0010.jpg"], lib)
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Description=a dog running on the beach",
-                    "-EXIF:ImageDescription=a dog running on the beach", str(photos[1])], check=True)
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Description=a beach at sunset",
-                    "-EXIF:ImageDescription=a beach at sunset", str(photos[0])], check=True)
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-overwrite_original",
+            "-XMP-dc:Description=a dog running on the beach",
+            "-EXIF:ImageDescription=a dog running on the beach",
+            str(photos[1]),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-overwrite_original",
+            "-XMP-dc:Description=a beach at sunset",
+            "-EXIF:ImageDescription=a beach at sunset",
+            str(photos[0]),
+        ],
+        check=True,
+    )
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0
     assert run(config, "search", "dog on beach").output.splitlines() == [str(photos[1]), str(photos[0])]
     assert run(config, "search", "dogs").output.splitlines() == [str(photos[1])]

@@ -13,15 +13,29 @@ from phototag.imaging import load_rgb
 from tests.conftest import copy_from_corpus
 from tests.tiny_blip import ARTIFACT_WORDS, build_tiny_blip
 
-UPRIGHT = ["jpg/gps/DSCN0010.jpg", "jpg/Canon_40D.jpg", "jpg/exif-org/nikon-e950.jpg",
-           "generated/gen_png.png", "jpg/xmp/BlueSquare.jpg", "tiff/BSG1.tiff"]
+UPRIGHT = [
+    "jpg/gps/DSCN0010.jpg",
+    "jpg/Canon_40D.jpg",
+    "jpg/exif-org/nikon-e950.jpg",
+    "generated/gen_png.png",
+    "jpg/xmp/BlueSquare.jpg",
+    "tiff/BSG1.tiff",
+]
 
 
 @pytest.fixture(scope="module")
 def model_settings(tiny_model: Path) -> ModelSettings:
     # generation controls off: these tests compare phototag's tokens with the model card's plain loop
-    return ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=10, num_beams=1,
-                         draft_decode=False, no_repeat_ngram_size=0, suppress_words=())
+    return ModelSettings(
+        name=str(tiny_model),
+        device="cpu",
+        batch_size=4,
+        max_new_tokens=10,
+        num_beams=1,
+        draft_decode=False,
+        no_repeat_ngram_size=0,
+        suppress_words=(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +49,8 @@ def seed_script_ids(model_dir: Path, path: Path, prompt: str | None, max_new_tok
     from transformers.models.blip import BlipImageProcessorPil
 
     processor = BlipProcessor.from_pretrained(
-        model_dir, image_processor=BlipImageProcessorPil.from_pretrained(model_dir))
+        model_dir, image_processor=BlipImageProcessorPil.from_pretrained(model_dir)
+    )
     model = BlipForConditionalGeneration.from_pretrained(model_dir)
     raw_image = Image.open(path).convert("RGB")
     if prompt:
@@ -108,21 +123,28 @@ def test_draft_decoding_follows_precision() -> None:
 
 
 @pytest.mark.parametrize("prompt", ["", "a dog on the"])
-def test_pipeline_captions_equal_seed_script(prompt: str, settings: Settings, tiny_model: Path, corpus: Path,
-                                             tmp_path: Path) -> None:
+def test_pipeline_captions_equal_seed_script(
+    prompt: str, settings: Settings, tiny_model: Path, corpus: Path, tmp_path: Path
+) -> None:
     """End to end, speed options off: the pipeline's captions are the seed script's tokens, decoded."""
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
     from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
 
     photos = copy_from_corpus(UPRIGHT, tmp_path / "photos")
-    model = replace(settings.model, prompt=prompt, draft_decode=False, max_new_tokens=10, no_repeat_ngram_size=0,
-                    suppress_words=())
+    model = replace(
+        settings.model, prompt=prompt, draft_decode=False, max_new_tokens=10, no_repeat_ngram_size=0, suppress_words=()
+    )
     metadata = replace(settings.metadata, overwrite=True)  # caption photos that carry a description too
     outcomes: list[Outcome] = []
     with ExifToolSession() as exiftool:
-        pipeline = Pipeline(replace(settings, model=model, metadata=metadata), PhotoIndex(settings.db_path()), exiftool,
-                            dry_run=True, on_outcome=outcomes.append).start()
+        pipeline = Pipeline(
+            replace(settings, model=model, metadata=metadata),
+            PhotoIndex(settings.db_path()),
+            exiftool,
+            dry_run=True,
+            on_outcome=outcomes.append,
+        ).start()
         for photo in photos:
             pipeline.submit(photo)
         assert pipeline.close(timeout=120)
@@ -137,8 +159,9 @@ def test_pipeline_captions_equal_seed_script(prompt: str, settings: Settings, ti
 
 
 @pytest.mark.parametrize("minimum", [0, 10])
-def test_min_new_tokens_holds_back_the_end_of_caption(minimum: int, model_settings: ModelSettings,
-                                                      corpus: Path) -> None:
+def test_min_new_tokens_holds_back_the_end_of_caption(
+    minimum: int, model_settings: ModelSettings, corpus: Path
+) -> None:
     import torch
 
     captioner = Captioner(replace(model_settings, min_new_tokens=minimum))
@@ -174,8 +197,9 @@ ARTIFACT_RE = re.compile(r"\bar+af+\w*", re.IGNORECASE)
 @pytest.fixture(scope="module")
 def artifact_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BLIP whose vocabulary holds the artifact words, biased to say them."""
-    return build_tiny_blip(tmp_path_factory.mktemp("artifact-blip"), extra_vocab=ARTIFACT_WORDS,
-                           boost=dict.fromkeys(ARTIFACT_WORDS, 4.0))
+    return build_tiny_blip(
+        tmp_path_factory.mktemp("artifact-blip"), extra_vocab=ARTIFACT_WORDS, boost=dict.fromkeys(ARTIFACT_WORDS, 4.0)
+    )
 
 
 def test_bad_words_are_the_artifact_words_as_blips_tokenizer_splits_them(minilm: Path) -> None:
@@ -191,8 +215,9 @@ def test_bad_words_are_the_artifact_words_as_blips_tokenizer_splits_them(minilm:
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_artifact_words_never_appear_in_a_caption(num_beams: int, artifact_model: Path, corpus: Path) -> None:
-    plain = ModelSettings(name=str(artifact_model), device="cpu", batch_size=4, max_new_tokens=12,
-                          num_beams=num_beams, draft_decode=False)
+    plain = ModelSettings(
+        name=str(artifact_model), device="cpu", batch_size=4, max_new_tokens=12, num_beams=num_beams, draft_decode=False
+    )
     photos = [corpus / name for name in UPRIGHT]
     # The control: without suppression this model does say them, so the test has teeth.
     unsuppressed = Captioner(replace(plain, suppress_words=(), no_repeat_ngram_size=0))
@@ -208,14 +233,15 @@ def test_artifact_words_never_appear_in_a_caption(num_beams: int, artifact_model
 
 
 def test_no_three_words_repeat_within_a_caption(tiny_model: Path, corpus: Path) -> None:
-    settings = ModelSettings(name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=30, num_beams=1,
-                             draft_decode=False)
+    settings = ModelSettings(
+        name=str(tiny_model), device="cpu", batch_size=4, max_new_tokens=30, num_beams=1, draft_decode=False
+    )
     pixels = [Captioner(settings).preprocess(load_rgb(corpus / name)) for name in UPRIGHT]
 
     def repeated_trigrams(captioner: Captioner) -> int:
         count = 0
         for ids in captioner.generate_ids(pixels):
-            trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+            trigrams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
             count += len(trigrams) - len(set(trigrams))
         return count
 

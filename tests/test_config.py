@@ -20,10 +20,12 @@ def test_values_are_typed_and_errors_name_the_key(tmp_path: Path) -> None:
     settings = load_settings(config)
     assert settings.model.batch_size == 8 and settings.model.prompt == "a photography of"
     assert settings.watch.folders == ("/p",)
-    for body, key in [("[model]\nbatch_size = 'x'\n", "model.batch_size"),
-                      ("[model]\nbatchsize = 2\n", "model.batchsize"),
-                      ("[metadata]\nmode = 'inplace'\n", "metadata.mode"),
-                      ("[nope]\n", "[nope]")]:
+    for body, key in [
+        ("[model]\nbatch_size = 'x'\n", "model.batch_size"),
+        ("[model]\nbatchsize = 2\n", "model.batchsize"),
+        ("[metadata]\nmode = 'inplace'\n", "metadata.mode"),
+        ("[nope]\n", "[nope]"),
+    ]:
         config.write_text(body)
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             load_settings(config)

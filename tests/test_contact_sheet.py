@@ -23,8 +23,9 @@ def hit(path: Path, caption: str = "a caption", taken_at: str | None = "2024-06-
 
 
 def test_thumbnails_are_upright_small_and_cached(tmp_path: Path) -> None:
-    upright, turned = copy_from_corpus(["jpg/orientation/portrait_1.jpg", "jpg/orientation/portrait_6.jpg"],
-                                       tmp_path / "photos")
+    upright, turned = copy_from_corpus(
+        ["jpg/orientation/portrait_1.jpg", "jpg/orientation/portrait_6.jpg"], tmp_path / "photos"
+    )
     thumbs = Thumbnails(tmp_path / "cache", size=64)
     sizes = []
     for photo in (upright, turned):
@@ -44,8 +45,9 @@ def test_thumbnails_are_upright_small_and_cached(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 def test_raw_files_ask_for_their_preview_and_unreadable_files_get_a_placeholder(tmp_path: Path) -> None:
-    nef, dng, broken, jpeg = copy_from_corpus(["raw/Nikon.nef", "raw/DNG.dng", "jpg/corrupted.jpg",
-                                               "jpg/gps/DSCN0010.jpg"], tmp_path / "photos")
+    nef, dng, broken, jpeg = copy_from_corpus(
+        ["raw/Nikon.nef", "raw/DNG.dng", "jpg/corrupted.jpg", "jpg/gps/DSCN0010.jpg"], tmp_path / "photos"
+    )
     (tmp_path / "photos" / "empty.jpg").write_bytes(b"")
     asked: list[str] = []
     with ExifToolSession() as exiftool:
@@ -74,8 +76,13 @@ def test_raw_files_ask_for_their_preview_and_unreadable_files_get_a_placeholder(
 def test_sheet_is_self_contained_and_escaped(tmp_path: Path) -> None:
     (photo,) = copy_from_corpus(["jpg/gps/DSCN0010.jpg"], tmp_path / "we <b>&'\" photos")
     thumbs = Thumbnails(tmp_path / "cache", size=64)
-    sheet = write_contact_sheet([hit(photo, caption="<script>alert(1)</script> & a dog")], tmp_path / "out" / "s.html",
-                                thumbs, query='dog "<b>"', mode="hybrid")
+    sheet = write_contact_sheet(
+        [hit(photo, caption="<script>alert(1)</script> & a dog")],
+        tmp_path / "out" / "s.html",
+        thumbs,
+        query='dog "<b>"',
+        mode="hybrid",
+    )
     page = sheet.read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; a dog" in page
     assert photo.as_uri() in page  # the link to the file, percent-encoded

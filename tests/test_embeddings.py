@@ -15,8 +15,15 @@ from phototag.embeddings import Embedder, EmbeddingError, EmbedWorker, load_embe
 from phototag.index import DONE, Photo, PhotoIndex
 from phototag.query_encoder import query_vector
 
-TEXTS = ["puppy at the seaside", "food", "a dog running on the beach", "Ünïcødé 海 犬 🐶", "", "x" * 3000,
-         "there is a man sitting on a bench in a park with a red car and a dog"]
+TEXTS = [
+    "puppy at the seaside",
+    "food",
+    "a dog running on the beach",
+    "Ünïcødé 海 犬 🐶",
+    "",
+    "x" * 3000,
+    "there is a man sitting on a bench in a park with a red car and a dog",
+]
 
 
 def test_numpy_query_vectors_equal_sentence_transformers(minilm: Path) -> None:

@@ -47,15 +47,18 @@ def write_config(tmp_path: Path, tiny_model: Path, extra: str = "") -> tuple[Pat
 
 def db_rows(db: Path, table: str = "photos") -> dict[str, tuple[Any, ...]]:
     with sqlite3.connect(db) as conn:
-        return {row[0]: row[1:] for row in conn.execute(
-            f"SELECT path, status, failure_reason, failure_kind, tries FROM {table}")}
+        return {
+            row[0]: row[1:]
+            for row in conn.execute(f"SELECT path, status, failure_reason, failure_kind, tries FROM {table}")
+        }
 
 
 # -- 3. model loads take turns ----------------------------------------------------------------------
 
 
-def test_caption_and_embedding_models_load_one_at_a_time(settings: Settings, minilm: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_caption_and_embedding_models_load_one_at_a_time(
+    settings: Settings, minilm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The captioner and the embedding worker load on their own threads, often at once; the loads
     (and the heavy imports inside them) must take turns. Each real load is wrapped to record how many
     run at the same moment; the first one in gives the other a few seconds to come in beside it."""
@@ -80,12 +83,17 @@ def test_caption_and_embedding_models_load_one_at_a_time(settings: Settings, min
             finally:
                 with lock:
                     inside[who] -= 1
+
         return wrapper
 
-    monkeypatch.setattr(phototag.captioner, "_from_pretrained",
-                        recorded("captioner", "embedder", phototag.captioner._from_pretrained))
-    monkeypatch.setattr(sentence_transformers, "SentenceTransformer",
-                        recorded("embedder", "captioner", sentence_transformers.SentenceTransformer))
+    monkeypatch.setattr(
+        phototag.captioner, "_from_pretrained", recorded("captioner", "embedder", phototag.captioner._from_pretrained)
+    )
+    monkeypatch.setattr(
+        sentence_transformers,
+        "SentenceTransformer",
+        recorded("embedder", "captioner", sentence_transformers.SentenceTransformer),
+    )
     start = threading.Barrier(2)
     loaded: dict[str, Any] = {}
 
@@ -93,8 +101,10 @@ def test_caption_and_embedding_models_load_one_at_a_time(settings: Settings, min
         start.wait()
         loaded[name] = factory()
 
-    threads = [threading.Thread(target=load, args=("captioner", lambda: Captioner(settings.model))),
-               threading.Thread(target=load, args=("embedder", lambda: Embedder(str(minilm))))]
+    threads = [
+        threading.Thread(target=load, args=("captioner", lambda: Captioner(settings.model))),
+        threading.Thread(target=load, args=("embedder", lambda: Embedder(str(minilm)))),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -115,8 +125,12 @@ def test_a_model_load_error_says_its_cause(settings: Settings, tmp_path: Path) -
     photo = copy_from_corpus(SMALL[:1], tmp_path / "lib")[0]
     index = PhotoIndex(settings.db_path())
     with ExifToolSession() as exiftool:
-        pipeline = Pipeline(replace(settings, search=replace(settings.search, embeddings=False)), index, exiftool,
-                            captioner_factory=broken_install).start()
+        pipeline = Pipeline(
+            replace(settings, search=replace(settings.search, embeddings=False)),
+            index,
+            exiftool,
+            captioner_factory=broken_install,
+        ).start()
         pipeline.submit(photo)
         assert pipeline.close(60)
     index.close()
@@ -135,8 +149,9 @@ def small_disk(folder: Path, size_kib: int) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -163,8 +178,9 @@ def fill_up(folder: Path) -> Path:
 
 
 @pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
-def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(tmp_path: Path, tiny_model: Path,
-                                                                      corpus: Path) -> None:
+def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(
+    tmp_path: Path, tiny_model: Path, corpus: Path
+) -> None:
     config, db = write_config(tmp_path, tiny_model, "[search]\nembeddings = false\n")
     with small_disk(tmp_path / "disk", 1024) as disk:
         photo = copy_from_corpus(["jpg/gps/DSCN0010.jpg"], disk / "lib")[0]  # 160 KB
@@ -196,8 +212,9 @@ def test_a_full_disk_is_retried_by_the_next_backfills_up_to_a_bound(tmp_path: Pa
 
 
 @pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
-def test_a_photo_that_failed_transiently_is_captioned_once_the_disk_has_room(tmp_path: Path, tiny_model: Path,
-                                                                             corpus: Path) -> None:
+def test_a_photo_that_failed_transiently_is_captioned_once_the_disk_has_room(
+    tmp_path: Path, tiny_model: Path, corpus: Path
+) -> None:
     config, db = write_config(tmp_path, tiny_model, "[search]\nembeddings = false\n")
     with small_disk(tmp_path / "disk", 1024) as disk:
         photo = copy_from_corpus(["jpg/gps/DSCN0012.jpg"], disk / "lib")[0]
@@ -227,13 +244,20 @@ def library(tmp_path: Path) -> Path:
 
 
 @pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
-def test_an_index_error_mid_run_stops_the_backfill_with_one_line(tmp_path: Path, tiny_model: Path,
-                                                                 library: Path) -> None:
+def test_an_index_error_mid_run_stops_the_backfill_with_one_line(
+    tmp_path: Path, tiny_model: Path, library: Path
+) -> None:
     config, db = write_config(tmp_path, tiny_model)
-    proc = subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(library),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(library), "--no-progress"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
+
         def captioned() -> bool:
             assert proc.poll() is None, proc.communicate()
             try:
@@ -258,8 +282,9 @@ def test_an_index_error_mid_run_stops_the_backfill_with_one_line(tmp_path: Path,
     assert not [row for row in rows.values() if row[0] == "failed"]  # no photo blamed for the index
 
 
-def test_a_bug_stops_the_run_with_one_line(tmp_path: Path, tiny_model: Path, library: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_stops_the_run_with_one_line(
+    tmp_path: Path, tiny_model: Path, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import phototag.pipeline
 
     def buggy_decode(*args: Any, **kwargs: Any) -> Any:
@@ -270,7 +295,8 @@ def test_a_bug_stops_the_run_with_one_line(tmp_path: Path, tiny_model: Path, lib
     result = run(config, "backfill", str(library), "--no-progress")
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [
-        "Error: internal error: RuntimeError: a bug in decoding (a bug; -vv shows where)"], result.output
+        "Error: internal error: RuntimeError: a bug in decoding (a bug; -vv shows where)"
+    ], result.output
     assert not [row for row in db_rows(db).values() if row[0] == "failed"]
 
 
@@ -278,14 +304,17 @@ def test_a_bug_stops_the_run_with_one_line(tmp_path: Path, tiny_model: Path, lib
 
 
 @pytest.mark.timeout(900)  # several runs or processes: minutes on a loaded machine
-def test_the_scanner_outlives_an_error_and_status_clears_it(settings: Settings, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_the_scanner_outlives_an_error_and_status_clears_it(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Another program holds the index's write lock: a rescan cannot sweep a deleted photo's row. The
     scanner says so (status shows it), tries again each interval, and the error goes once it works."""
     monkeypatch.setattr(phototag.index, "BUSY_TIMEOUT_S", 0.3)
-    settings = replace(settings, watch=WatchSettings(settle_seconds=0.2, rescan_interval=0.5, stop_timeout=20),
-                       search=replace(settings.search, embeddings=False))
+    settings = replace(
+        settings,
+        watch=WatchSettings(settle_seconds=0.2, rescan_interval=0.5, stop_timeout=20),
+        search=replace(settings.search, embeddings=False),
+    )
     lib = tmp_path / "lib"
     photos = copy_from_corpus(SMALL[:2], lib)
     db = settings.db_path()
@@ -298,18 +327,24 @@ def test_the_scanner_outlives_an_error_and_status_clears_it(settings: Settings, 
             blocker = sqlite3.connect(db, timeout=10)
             blocker.execute("BEGIN IMMEDIATE")  # a writer that does not let go
             photos[0].unlink()
-            error = wait_until(lambda: (daemon_status(db).get("last_error") or {}).get("message", ""),
-                             what="the scan error in the state file")
+            error = wait_until(
+                lambda: (daemon_status(db).get("last_error") or {}).get("message", ""),
+                what="the scan error in the state file",
+            )
             assert "database is locked" in error, error
-            wait_until(lambda: sum("rescan scan failed" in r.getMessage() for r in caplog.records) >= 2,
-                     what="the scanner to try again")
+            wait_until(
+                lambda: sum("rescan scan failed" in r.getMessage() for r in caplog.records) >= 2,
+                what="the scanner to try again",
+            )
             assert daemon.error is None
             text = CliRunner().invoke(main, ["--db", str(db), "status"]).output
             assert "last error" in text and "database is locked" in text, text
             blocker.rollback()
             blocker.close()
-            wait_until(lambda: daemon_status(db).get("last_error") is None and _paths(db)[str(photos[0])] ==
-                       "missing", what="the error cleared and the deleted photo's row swept")
+            wait_until(
+                lambda: daemon_status(db).get("last_error") is None and _paths(db)[str(photos[0])] == "missing",
+                what="the error cleared and the deleted photo's row swept",
+            )
         finally:
             assert daemon.shutdown(20)
     index.close()
@@ -336,12 +371,18 @@ def run_backfill_in_process(settings: Settings, lib: Path) -> int:
 def test_a_stop_that_times_out_exits_non_zero(tmp_path: Path, tiny_model: Path) -> None:
     lib = tmp_path / "lib"
     copy_from_corpus(SMALL[:1], lib)
-    config, db = write_config(tmp_path, tiny_model,
-                              "[watch]\nsettle_seconds = 0.2\nrescan_interval = 0\nstop_timeout = 0\n")
+    config, db = write_config(
+        tmp_path, tiny_model, "[watch]\nsettle_seconds = 0.2\nrescan_interval = 0\nstop_timeout = 0\n"
+    )
     log = tmp_path / "daemon.log"
     with open(log, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         wait_until(lambda: proc.poll() is None and daemon_status(db).get("caught_up"), what="the daemon to start")
         proc.send_signal(signal.SIGTERM)
@@ -360,9 +401,22 @@ def test_an_index_folder_the_daemon_cannot_write_is_one_line(tmp_path: Path, tin
     config, _ = write_config(tmp_path, tiny_model)
     with read_only_folder(folder):
         for args in (["watch", str(lib)], ["backfill", str(lib), "--no-progress"]):
-            result = subprocess.run([sys.executable, "-m", "phototag", "--config", str(config),
-                                     "--db", str(folder / "index.sqlite3"), *args],
-                                    cwd=REPO, capture_output=True, text=True, timeout=120)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "phototag",
+                    "--config",
+                    str(config),
+                    "--db",
+                    str(folder / "index.sqlite3"),
+                    *args,
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.returncode == 1, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert "Traceback" not in result.stderr and str(folder) in result.stderr, result.stderr
@@ -372,10 +426,13 @@ def test_an_index_from_before_failure_kinds_is_upgraded(tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite3"
     PhotoIndex(db).close()
     raw = sqlite3.connect(db)  # make it a version 2 index, with a photo that failed back then
-    raw.executescript("ALTER TABLE photos DROP COLUMN failure_kind; ALTER TABLE photos DROP COLUMN tries; "
-                      "PRAGMA user_version=2;")
-    raw.execute("INSERT INTO photos (path, size, mtime_ns, status, failure_reason, keywords, created_at, "
-                "updated_at) VALUES ('/p/a.jpg', 1, 1, 'failed', 'cannot decode', '', 0, 0)")
+    raw.executescript(
+        "ALTER TABLE photos DROP COLUMN failure_kind; ALTER TABLE photos DROP COLUMN tries; PRAGMA user_version=2;"
+    )
+    raw.execute(
+        "INSERT INTO photos (path, size, mtime_ns, status, failure_reason, keywords, created_at, "
+        "updated_at) VALUES ('/p/a.jpg', 1, 1, 'failed', 'cannot decode', '', 0, 0)"
+    )
     raw.commit()
     raw.close()
     index = PhotoIndex(db)

@@ -42,18 +42,36 @@ def closed_endpoint() -> Iterator[str]:
 
 def fresh_user_env(home: Path, endpoint: str) -> dict[str, str]:
     """A new user's environment: empty home and caches, the hub at ``endpoint``, no offline mode."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PHOTOTAG_EMBEDDING_MODEL", "PHOTOTAG_DB",
-                        "PHOTOTAG_CONFIG", "HF_HOME", "HF_HUB_CACHE", "XDG_CONFIG_HOME"}}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CACHE_HOME=str(home / "cache"),
-               HF_ENDPOINT=endpoint, PYTHONPATH=str(REPO))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "PHOTOTAG_EMBEDDING_MODEL",
+            "PHOTOTAG_DB",
+            "PHOTOTAG_CONFIG",
+            "HF_HOME",
+            "HF_HUB_CACHE",
+            "XDG_CONFIG_HOME",
+        }
+    }
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        HF_ENDPOINT=endpoint,
+        PYTHONPATH=str(REPO),
+    )
     return env
 
 
 def phototag(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "phototag", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "phototag", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     return done, time.monotonic() - start
 
 
@@ -95,12 +113,12 @@ def test_a_completed_backfill_clears_the_reason(tmp_path: Path, closed_endpoint:
 
 
 def test_local_model_without_a_cached_embedding_model_warns_once_without_stalling(
-        tmp_path: Path, closed_endpoint: str, tiny_model: Path) -> None:
+    tmp_path: Path, closed_endpoint: str, tiny_model: Path
+) -> None:
     photos = tmp_path / "photos"
     copy_from_corpus(PHOTOS, photos)
     env = fresh_user_env(tmp_path / "home", closed_endpoint)
-    done, _ = phototag(env, "backfill", str(photos), "--model", str(tiny_model), "--device", "cpu",
-                       "--no-progress")
+    done, _ = phototag(env, "backfill", str(photos), "--model", str(tiny_model), "--device", "cpu", "--no-progress")
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "without embeddings" in warnings[0], done.stderr
@@ -109,7 +127,8 @@ def test_local_model_without_a_cached_embedding_model_warns_once_without_stallin
 
 
 def test_embedding_model_not_cached_and_no_hub_is_refused_at_once(
-        closed_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    closed_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import huggingface_hub.constants
 
     from phototag.embeddings import Embedder, EmbeddingError
@@ -123,10 +142,13 @@ def test_embedding_model_not_cached_and_no_hub_is_refused_at_once(
     assert time.monotonic() - start < 5  # the retries of one file alone took 23 s
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--device", "cuda"], "cuda"),
-    (["--model", "/no/such/blip-folder"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "cuda"], "cuda"),
+        (["--model", "/no/such/blip-folder"], "does not exist"),
+    ],
+)
 def test_impossible_model_flags_are_refused_before_torch_loads(flags: list[str], message: str, tmp_path: Path) -> None:
     if flags[0] == "--device" and os.path.exists("/proc/driver/nvidia"):
         pytest.skip("this machine has an NVIDIA driver")
@@ -141,8 +163,13 @@ def test_impossible_model_flags_are_refused_before_torch_loads(flags: list[str],
         "    print('exit', exc.code, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     elapsed = time.monotonic() - start
     assert done.stdout.split() == ["exit", "1", "False", "False"], (done.stdout, done.stderr)
     assert message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
@@ -188,8 +215,9 @@ def test_quiet_keeps_the_sweep_and_cleanup_lines_to_itself(tmp_path: Path, tiny_
     assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
 
     def leave_news() -> None:
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        )
         temp_path(first, pid=int(dead.stdout)).write_bytes(b"left by a killed writer")
         if second.exists():
             second.rename(tmp_path / second.name)
@@ -210,15 +238,18 @@ def test_quiet_keeps_the_sweep_and_cleanup_lines_to_itself(tmp_path: Path, tiny_
 def test_show_gives_dates_and_what_restore_puts_back(tmp_path: Path, tiny_model: Path) -> None:
     photos = tmp_path / "photos"
     (photo,) = copy_from_corpus(["jpg/Canon_40D.jpg"], photos)
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-IFD0:ImageDescription=OLYMPUS DIGITAL CAMERA",
-                    str(photo)], check=True)
+    subprocess.run(
+        ["exiftool", "-q", "-overwrite_original", "-IFD0:ImageDescription=OLYMPUS DIGITAL CAMERA", str(photo)],
+        check=True,
+    )
     config = make_config(tmp_path, tiny_model)
     runner = CliRunner()
     assert runner.invoke(main, ["--config", str(config), "backfill", str(photos), "--no-progress"]).exit_code == 0
     shown = runner.invoke(main, ["--config", str(config), "show", str(photo)], catch_exceptions=False).stdout
     assert "mtime_ns" not in shown and "original_metadata" not in shown and "{" not in shown
-    fields = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in shown.splitlines()
-              if ":" in line}
+    fields = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in shown.splitlines() if ":" in line
+    }
     assert fields["taken"].startswith("2008-05-30 15:56:01")  # the photo's DateTimeOriginal
     assert time.strptime(fields["captioned"], "%Y-%m-%d %H:%M:%S")
     assert "IFD0:ImageDescription = OLYMPUS DIGITAL CAMERA" in fields["restore"]
@@ -251,8 +282,18 @@ def test_every_file_a_backfill_makes_beside_a_new_index_is_private(tmp_path: Pat
     old = os.umask(0o022)
     try:
         result = CliRunner().invoke(
-            main, ["--config", str(make_config(tmp_path, tiny_model)), "--db", str(db), "-q", "backfill",
-                   str(tmp_path / "lib")], catch_exceptions=False)
+            main,
+            [
+                "--config",
+                str(make_config(tmp_path, tiny_model)),
+                "--db",
+                str(db),
+                "-q",
+                "backfill",
+                str(tmp_path / "lib"),
+            ],
+            catch_exceptions=False,
+        )
         from phototag.daemon_state import write_state
 
         write_state(db, {"pid": os.getpid(), "folders": [str(tmp_path / "lib")]})
@@ -281,8 +322,12 @@ def test_setup_script_refuses_a_python_older_than_311_before_installing_anything
     old_python = tmp_path / "python3.10"
     old_python.write_text("#!/bin/sh\nexit 1\n")  # what `sys.version_info < (3, 11)` answers on 3.10
     old_python.chmod(0o755)
-    done = subprocess.run(["bash", str(REPO / "contrib" / "setup.sh"), "--test"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PHOTOTAG_PYTHON": str(old_python),
-                                           "PHOTOTAG_VENV": str(tmp_path / "venv")})
+    done = subprocess.run(
+        ["bash", str(REPO / "contrib" / "setup.sh"), "--test"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PHOTOTAG_PYTHON": str(old_python), "PHOTOTAG_VENV": str(tmp_path / "venv")},
+    )
     assert done.returncode == 1 and "is not a Python 3.11 or newer" in done.stderr, done.stderr
     assert not (tmp_path / "venv").exists()

@@ -12,11 +12,14 @@ from phototag.imaging import ImageError, is_image_path, load_rgb
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG that claims a huge size: the classic decompression bomb shape."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_with_a_reason(tmp_path: Path) -> None:
@@ -26,8 +29,9 @@ def test_decompression_bomb_is_refused_with_a_reason(tmp_path: Path) -> None:
         load_rgb(bomb)
 
 
-@pytest.mark.parametrize(("content", "reason"),
-                         [(b"", "empty file"), (b"hello, not a photo\n", "not a readable image")])
+@pytest.mark.parametrize(
+    ("content", "reason"), [(b"", "empty file"), (b"hello, not a photo\n", "not a readable image")]
+)
 def test_junk_files_fail_with_one_line(tmp_path: Path, content: bytes, reason: str) -> None:
     path = tmp_path / "x.jpg"
     path.write_bytes(content)

@@ -56,9 +56,14 @@ def start_backfill(config: Path, lib: Path) -> subprocess.Popen[str]:
 
 
 def _popen(config: Path, lib: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib),
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib), "--no-progress"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def done_rows(db: Path) -> dict[str, str]:
@@ -83,8 +88,11 @@ def check_library(lib: Path, db: Path, *, killed: bool = False) -> dict[str, str
     """Every photo decodes; every done row's caption is in its file; no temp files are left."""
     done = done_rows(db)
     photos = sorted(p for p in lib.rglob("*.jpg") if not p.name.startswith("."))
-    described = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Description", *map(str, photos)],
-                                          capture_output=True, text=True).stdout)
+    described = json.loads(
+        subprocess.run(
+            ["exiftool", "-j", "-XMP-dc:Description", *map(str, photos)], capture_output=True, text=True
+        ).stdout
+    )
     by_path = {item["SourceFile"]: item.get("Description") for item in described}
     for photo in photos:
         with Image.open(photo) as image:

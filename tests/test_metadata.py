@@ -320,9 +320,7 @@ ROUND_TRIP = [
 
 @needs_corpus
 @pytest.mark.parametrize("relative", ROUND_TRIP)
-def test_embedded_round_trip_changes_nothing_else(
-    session: ExifToolSession, tmp_path: Path, relative: str
-) -> None:
+def test_embedded_round_trip_changes_nothing_else(session: ExifToolSession, tmp_path: Path, relative: str) -> None:
     photo = copy_one(tmp_path, relative)
     photo.chmod(0o640)
     before_tags, before_pixels = exiftool_json(photo), pixels(photo)
@@ -447,9 +445,7 @@ def test_a_temp_left_beside_the_photo_neither_blocks_a_write_nor_is_touched_by_i
 
 
 @needs_corpus
-def test_awkward_file_names(
-    session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_awkward_file_names(session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     dashed = Path("-all= & (1) 猫.jpg")  # relative, starts like an exiftool option
     shutil.copyfile(CORPUS / "jpg/Canon_40D.jpg", dashed)
@@ -462,9 +458,7 @@ def test_awkward_file_names(
 
 
 @needs_corpus
-def test_read_is_one_exiftool_call(
-    session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_read_is_one_exiftool_call(session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     photo = copy_one(tmp_path, "raw/Nikon.nef")
     shutil.copyfile(DATA / "darktable_sidecar.xmp", sidecar_path(photo))
     calls = []
@@ -502,9 +496,7 @@ def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, 
 
 @needs_corpus
 @pytest.mark.parametrize("relative", ["raw/DNG.dng", "raw/Nikon.nef"])
-def test_raw_gets_a_sidecar_and_stays_byte_identical(
-    session: ExifToolSession, tmp_path: Path, relative: str
-) -> None:
+def test_raw_gets_a_sidecar_and_stays_byte_identical(session: ExifToolSession, tmp_path: Path, relative: str) -> None:
     photo = copy_one(tmp_path, relative)
     digest = sha256(photo)
     result = session.write(photo, HOSTILE, ["dog"])
@@ -797,6 +789,7 @@ def test_exiftool_dying_mid_call_fails_the_call_and_restarts(corpus: Path) -> No
 
     with ExifToolSession() as session:
         pid = session.exiftool.pid
+
         def kill() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

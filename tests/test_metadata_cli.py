@@ -43,9 +43,7 @@ def config(tmp_path: Path, tiny_model: Path) -> Path:
 
 def test_a_persons_keyword_is_kept_indexed_and_tag_search_filters(config: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    tagged, human, plain = copy_from_corpus(
-        ["jpg/Canon_40D.jpg", "jpg/gps/DSCN0012.jpg", "jpg/gps/DSCN0010.jpg"], lib
-    )
+    tagged, human, plain = copy_from_corpus(["jpg/Canon_40D.jpg", "jpg/gps/DSCN0012.jpg", "jpg/gps/DSCN0010.jpg"], lib)
     et("-XMP-dc:Subject=Grandma", "-XMP-dc:Subject=New York", tagged)
     et("-XMP-dc:Description=grandma's birthday cake", "-IFD0:ImageDescription=grandma's birthday cake", human)
 
@@ -73,9 +71,7 @@ def test_a_persons_keyword_is_kept_indexed_and_tag_search_filters(config: Path, 
 # sidecar options from the config
 
 
-def test_sidecar_mode_with_base_naming_never_touches_originals_or_collides(
-    tmp_path: Path, tiny_model: Path
-) -> None:
+def test_sidecar_mode_with_base_naming_never_touches_originals_or_collides(tmp_path: Path, tiny_model: Path) -> None:
     config = make_config(tmp_path, tiny_model, 'mode = "sidecar"\nsidecar_naming = "base"')
     lib = tmp_path / "lib"
     copies = copy_from_corpus(["raw/DNG.dng", "jpg/Canon_40D.jpg", "jpg/gps/DSCN0010.jpg"], lib)
@@ -91,8 +87,9 @@ def test_sidecar_mode_with_base_naming_never_touches_originals_or_collides(
     for photo, sidecar in expected.items():
         assert index[str(photo)]["written_to"] == str(sidecar)
         assert exiftool_json(sidecar)["XMP-dc:Description"] == index[str(photo)]["caption"]
-    assert sorted(p.name for p in lib.iterdir()) == sorted([p.name for p in digests] + [s.name for s in
-                                                                                        expected.values()])
+    assert sorted(p.name for p in lib.iterdir()) == sorted(
+        [p.name for p in digests] + [s.name for s in expected.values()]
+    )
     # a second run reads its own sidecars back and skips everything
     again = run(config, "backfill", str(lib), "--no-progress")
     assert "captioned 0" in again.output and "failed 0" in again.output
@@ -155,8 +152,11 @@ def test_backfill_cleans_crash_leftovers_first(config: Path, tmp_path: Path) -> 
     lib = tmp_path / "lib"
     (photo,) = copy_from_corpus(["jpg/Canon_40D.jpg"], lib)
     gone = dead_pid()
-    stale = [temp_path(photo, pid=gone), Path(f"{temp_path(photo, pid=gone)}_exiftool_tmp"),
-             lib / ".gone.NEF.xmp.phototag-tmp.xmp"]  # a dead writer's, and an older phototag's old one
+    stale = [
+        temp_path(photo, pid=gone),
+        Path(f"{temp_path(photo, pid=gone)}_exiftool_tmp"),
+        lib / ".gone.NEF.xmp.phototag-tmp.xmp",
+    ]  # a dead writer's, and an older phototag's old one
     young = lib / ".busy.jpg.phototag-tmp.jpg"  # may be another phototag's write in progress
     alive = temp_path(lib / "slow.jpg")  # a live writer's (this process): kept however old
     foreign = lib / "IMG_9.jpg_exiftool_tmp"  # somebody's own exiftool run
@@ -271,7 +271,8 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
     assert partial.exit_code == 1 and "failed 1" in partial.output and "read-only" in partial.output
     assert "removed sidecars 1" in partial.output and not (lib / "DNG.dng.xmp").exists()
     assert {path: row["status"] for path, row in index_rows(tmp_path / "index.sqlite3").items()} == {
-        str(p): "done" if p == other else "restored" for p in (windows, raw, other, human)}
+        str(p): "done" if p == other else "restored" for p in (windows, raw, other, human)
+    }
     other.chmod(0o644)
     assert run(config, "restore", str(lib), "--no-progress").exit_code == 0
     assert {row["status"] for row in index_rows(tmp_path / "index.sqlite3").values()} == {"restored"}
@@ -280,7 +281,12 @@ def test_restore_puts_back_hostile_text_and_the_photos_stay_restored(config: Pat
     assert sha256(raw) == digests[raw]
     assert changed_tags(before[human], exiftool_json(human)) == {"XMP-dc:Subject", "XMP-x:XMPToolkit"}
     assert json.loads(run(config, "status", "--json").output)["counts"] == {
-        "done": 0, "pending": 0, "failed": 0, "missing": 0, "restored": 4}
+        "done": 0,
+        "pending": 0,
+        "failed": 0,
+        "missing": 0,
+        "restored": 4,
+    }
     assert "restored: 4" in run(config, "status").output
     assert run(config, "search", caption).output == ""  # no caption of the model left to find
 

@@ -96,10 +96,13 @@ def test_a_photo_back_where_it_was_gets_its_row_back_without_inference(config: P
     assert "marked 1 photos no longer on disk as missing" in backfill(config, lib)
     gone = row_of(tmp_path, photo)
     assert gone["status"] == MISSING and gone["missing_since"] is not None
-    assert {k: gone[k] for k in ("id", "caption", "caption_source", "keywords", "original_metadata", "model_name",
-                                 "written_to")} == {k: first[k] for k in ("id", "caption", "caption_source",
-                                                                           "keywords", "original_metadata",
-                                                                           "model_name", "written_to")}
+    assert {
+        k: gone[k]
+        for k in ("id", "caption", "caption_source", "keywords", "original_metadata", "model_name", "written_to")
+    } == {
+        k: first[k]
+        for k in ("id", "caption", "caption_source", "keywords", "original_metadata", "model_name", "written_to")
+    }
     assert str(photo) not in run(config, "search", word).output.splitlines()
 
     status = json.loads(run(config, "status", "--json").output)
@@ -158,14 +161,27 @@ def test_a_photo_back_with_a_new_description_keeps_its_undo_data(config: Path, t
     photo.rename(away / photo.name)
     backfill(config, lib)
     # while it was away somebody described it: that description is theirs, the undo data stays phototag's
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-EXIF:ImageDescription=our cat asleep",
-                    "-XMP-dc:Description=our cat asleep", str(away / photo.name)], check=True)
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-overwrite_original",
+            "-EXIF:ImageDescription=our cat asleep",
+            "-XMP-dc:Description=our cat asleep",
+            str(away / photo.name),
+        ],
+        check=True,
+    )
     (away / photo.name).rename(photo)
     output = backfill(config, lib)
     assert "kept human captions 1" in output and "captioned 0" in output, output
     back = row_of(tmp_path, photo)
     assert (back["id"], back["status"], back["caption"], back["caption_source"]) == (
-        first["id"], "done", "our cat asleep", "human")
+        first["id"],
+        "done",
+        "our cat asleep",
+        "human",
+    )
     assert back["original_metadata"] == first["original_metadata"]
 
 
@@ -211,8 +227,12 @@ def test_search_never_returns_missing_photos(config: Path, tmp_path: Path) -> No
     away.mkdir()
     backfill(config, lib)
     caption = row_of(tmp_path, photo)["caption"]
-    queries = [("--mode", "keyword", caption), ("--mode", "semantic", caption), ("--mode", "hybrid", caption),
-               (f"in:{lib}",)]
+    queries = [
+        ("--mode", "keyword", caption),
+        ("--mode", "semantic", caption),
+        ("--mode", "hybrid", caption),
+        (f"in:{lib}",),
+    ]
     for query in queries:
         result = run(config, "search", "-n", "50", *query)
         assert result.exit_code == 0 and str(photo) in result.output.splitlines(), (query, result.output)
@@ -261,8 +281,9 @@ def test_prune_forgets_missing_photos_and_says_what_undo_data_goes(config: Path,
     assert "Examples:" in helped.output and "--older-than" in helped.output
 
 
-def test_watch_marks_a_deleted_photo_missing_and_its_return_restores_it(watch_settings: Settings,
-                                                                         tmp_path: Path) -> None:
+def test_watch_marks_a_deleted_photo_missing_and_its_return_restores_it(
+    watch_settings: Settings, tmp_path: Path
+) -> None:
     lib, away = tmp_path / "lib", tmp_path / "away"
     away.mkdir()
     lib.mkdir()
@@ -275,12 +296,20 @@ def test_watch_marks_a_deleted_photo_missing_and_its_return_restores_it(watch_se
         wait_for(lambda: photo_rows(db)[str(photo)].status == MISSING, what="the row marked missing")
         gone = photo_rows(db)[str(photo)]
         assert (gone.id, gone.caption, gone.caption_source, gone.original_metadata) == (
-            first.id, first.caption, first.caption_source, first.original_metadata)
+            first.id,
+            first.caption,
+            first.caption_source,
+            first.original_metadata,
+        )
 
         (away / photo.name).rename(photo)
         wait_for(lambda: photo_rows(db)[str(photo)].status == "done", what="the row back")
         back = photo_rows(db)[str(photo)]
         assert (back.id, back.caption, back.caption_source, back.original_metadata) == (
-            first.id, first.caption, first.caption_source, first.original_metadata)
+            first.id,
+            first.caption,
+            first.caption_source,
+            first.original_metadata,
+        )
         assert harness.inferred["photos"] == 2  # no new inference
         assert harness.daemon.counts["returned"] == 1 and len(harness.spy.writes) == 2  # and no new write

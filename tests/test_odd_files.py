@@ -38,8 +38,9 @@ def linked(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
 # -- symbolic links ----------------------------------------------------------------------------------
 
 
-def test_backfill_never_writes_through_a_link(linked: tuple[Path, Path, Path], tmp_path: Path,
-                                              tiny_model: Path) -> None:
+def test_backfill_never_writes_through_a_link(
+    linked: tuple[Path, Path, Path], tmp_path: Path, tiny_model: Path
+) -> None:
     lib, real, secret = linked
     (lib / "outside_link.jpg").symlink_to(secret)
     (lib / "inside_link.jpg").symlink_to(real)  # the real file is in the library: captioned once, as itself
@@ -64,15 +65,22 @@ def test_backfill_never_writes_through_a_link(linked: tuple[Path, Path, Path], t
     assert sha256(secret) == secret_before
 
 
-def test_watch_never_writes_through_a_link(linked: tuple[Path, Path, Path], settings: Settings,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_watch_never_writes_through_a_link(
+    linked: tuple[Path, Path, Path], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     lib, real, secret = linked
     settings = replace(settings, watch=WatchSettings(settle_seconds=0.3, rescan_interval=0, stop_timeout=20))
     secret_before = sha256(secret)
     caplog.set_level(logging.INFO, logger="phototag.watch")
     with running_daemon(settings, lib) as run:
-        wait_for(lambda: settings.db_path().exists() and str(real) in photo_rows(settings.db_path())
-                 and photo_rows(settings.db_path())[str(real)].status == "done", what="the real photo's caption")
+        wait_for(
+            lambda: (
+                settings.db_path().exists()
+                and str(real) in photo_rows(settings.db_path())
+                and photo_rows(settings.db_path())[str(real)].status == "done"
+            ),
+            what="the real photo's caption",
+        )
         link = lib / "arrived_link.jpg"
         link.symlink_to(secret)  # a link appears while the daemon watches
         wait_for(lambda: run.daemon.counts[SYMLINK] >= 1, what="the link to be seen and skipped")
@@ -97,8 +105,9 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def test_backfill_captions_a_photo_whose_name_has_a_line_break(tmp_path: Path, tiny_model: Path,
-                                                               private_tmp: Path) -> None:
+def test_backfill_captions_a_photo_whose_name_has_a_line_break(
+    tmp_path: Path, tiny_model: Path, private_tmp: Path
+) -> None:
     lib = tmp_path / "lib"
     (source,) = copy_from_corpus(["jpg/gps/DSCN0010.jpg"], tmp_path / "src")
     odd = lib / "new\nline.jpg"
@@ -118,8 +127,9 @@ def test_backfill_captions_a_photo_whose_name_has_a_line_break(tmp_path: Path, t
     sidecar = odd_folder_raw.with_name(odd_folder_raw.name + ".xmp")  # named after the real name
     assert description(sidecar) == found[str(odd_folder_raw)].caption
     assert odd_folder_raw.read_bytes() == raw.read_bytes()
-    assert sorted(p.name for p in lib.rglob("*")) == sorted(["new\nline.jpg", "odd\rfolder", "raw\nshot.dng",
-                                                             "raw\nshot.dng.xmp"])  # no temp copy left
+    assert sorted(p.name for p in lib.rglob("*")) == sorted(
+        ["new\nline.jpg", "odd\rfolder", "raw\nshot.dng", "raw\nshot.dng.xmp"]
+    )  # no temp copy left
     assert list(private_tmp.iterdir()) == []  # nor an alias
 
 

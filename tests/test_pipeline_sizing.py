@@ -22,14 +22,26 @@ def test_default_batch_size_per_device() -> None:
     assert default_batch_size("auto") == DEFAULT_BATCH_SIZE["cpu"]  # until torch has picked a device
 
 
-@pytest.mark.parametrize(("device", "batch_size", "batch"), [
-    ("cuda", 0, 32), ("cuda:0", 0, 32), ("mps", 0, 8), ("cpu", 0, 4), ("auto", 0, 4), ("cuda", 6, 6),
-])
-def test_queues_are_sized_from_the_effective_batch(settings: Settings, device: str, batch_size: int,
-                                                   batch: int) -> None:
+@pytest.mark.parametrize(
+    ("device", "batch_size", "batch"),
+    [
+        ("cuda", 0, 32),
+        ("cuda:0", 0, 32),
+        ("mps", 0, 8),
+        ("cpu", 0, 4),
+        ("auto", 0, 4),
+        ("cuda", 6, 6),
+    ],
+)
+def test_queues_are_sized_from_the_effective_batch(
+    settings: Settings, device: str, batch_size: int, batch: int
+) -> None:
     """No GPU needed: constructing a pipeline loads neither torch nor the model."""
-    settings = replace(settings, model=replace(settings.model, device=device, batch_size=batch_size),
-                       pipeline=PipelineSettings(queue_batches=3))
+    settings = replace(
+        settings,
+        model=replace(settings.model, device=device, batch_size=batch_size),
+        pipeline=PipelineSettings(queue_batches=3),
+    )
     index = PhotoIndex(settings.db_path())
     with ExifToolSession() as exiftool:
         pipeline = Pipeline(settings, index, exiftool)
@@ -40,8 +52,9 @@ def test_queues_are_sized_from_the_effective_batch(settings: Settings, device: s
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 def test_queues_follow_the_loaded_models_batch(settings: Settings, tmp_path: Path) -> None:
     """With device "auto" the device (and so its default) is known once the model has loaded."""
-    settings = replace(settings, model=replace(settings.model, device="auto", batch_size=0),
-                       pipeline=PipelineSettings(queue_batches=2))
+    settings = replace(
+        settings, model=replace(settings.model, device="auto", batch_size=0), pipeline=PipelineSettings(queue_batches=2)
+    )
     (photo,) = copy_from_corpus(["jpg/gps/DSCN0010.jpg"], tmp_path / "lib")
     loaded: list[Captioner] = []
 

@@ -19,11 +19,20 @@ from phototag.vectors import VectorStore
 MODEL = "test-model"
 
 
-def add(index: PhotoIndex, path: str, caption: str, *, taken_at: str | None = "2024-01-01T12:00:00",
-        status: str = DONE) -> int:
+def add(
+    index: PhotoIndex, path: str, caption: str, *, taken_at: str | None = "2024-01-01T12:00:00", status: str = DONE
+) -> int:
     with index.transaction() as session:
-        row = Photo(path=path, size=1, mtime_ns=1, status=status, caption=caption, caption_source="model",
-                    keywords=" ".join(keywords_from_caption(caption)), taken_at=taken_at)
+        row = Photo(
+            path=path,
+            size=1,
+            mtime_ns=1,
+            status=status,
+            caption=caption,
+            caption_source="model",
+            keywords=" ".join(keywords_from_caption(caption)),
+            taken_at=taken_at,
+        )
         session.add(row)
         session.flush()
         return row.id
@@ -94,20 +103,26 @@ def vectors_index(index: PhotoIndex) -> dict[str, int]:
         "kids": add(index, "/lib/2024/kids.jpg", "two children riding bicycles", taken_at="2024-08-20T10:00:00"),
     }
     vectors = {"dog": unit(1, 0.1, 0), "pasta": unit(0, 1, 0.1), "kids": unit(0.1, 0, 1)}
-    items = [(ids[k], c) for k, c in (("dog", "a dog running on the beach"), ("pasta", "a plate of pasta on a table"),
-                                       ("kids", "two children riding bicycles"))]
+    items = [
+        (ids[k], c)
+        for k, c in (
+            ("dog", "a dog running on the beach"),
+            ("pasta", "a plate of pasta on a table"),
+            ("kids", "two children riding bicycles"),
+        )
+    ]
     assert store_vectors(index, MODEL, items, np.stack([vectors[k] for k in ("dog", "pasta", "kids")])) == 3
     return ids
 
 
-def semantic(index: PhotoIndex, text: str, vector: np.ndarray, cache: Path, mode: str = SEMANTIC,
-             **kwargs: object) -> list[str]:
+def semantic(
+    index: PhotoIndex, text: str, vector: np.ndarray, cache: Path, mode: str = SEMANTIC, **kwargs: object
+) -> list[str]:
     conn = connect(index.path)
     try:
         store = VectorStore(conn, index.path, MODEL, cache)
         store.sync()
-        hits = Finder(conn).search(parse_query(text), mode=mode, store=store, embed=lambda _text: vector,
-                                   **kwargs)  # type: ignore[arg-type]
+        hits = Finder(conn).search(parse_query(text), mode=mode, store=store, embed=lambda _text: vector, **kwargs)  # type: ignore[arg-type]
         return [hit.path for hit in hits]
     finally:
         conn.close()
@@ -118,10 +133,15 @@ def test_semantic_ranking_filters_and_threshold(index: PhotoIndex, tmp_path: Pat
     cache = tmp_path / "cache"
     seaside = unit(0.9, 0.2, 0.1)
     assert semantic(index, "puppy at the seaside", seaside, cache) == [
-        "/lib/2023/dog.jpg", "/lib/2024/pasta.jpg", "/lib/2024/kids.jpg"]
+        "/lib/2023/dog.jpg",
+        "/lib/2024/pasta.jpg",
+        "/lib/2024/kids.jpg",
+    ]
     assert semantic(index, "puppy at the seaside", seaside, cache, min_similarity=0.5) == ["/lib/2023/dog.jpg"]
     assert semantic(index, "puppy at the seaside after:2024", seaside, cache) == [
-        "/lib/2024/pasta.jpg", "/lib/2024/kids.jpg"]
+        "/lib/2024/pasta.jpg",
+        "/lib/2024/kids.jpg",
+    ]
     assert semantic(index, "puppy at the seaside -pasta in:/lib/2024", seaside, cache) == ["/lib/2024/kids.jpg"]
     assert semantic(index, "puppy tag:bicycle", seaside, cache) == ["/lib/2024/kids.jpg"]
     assert semantic(index, "puppy in:/nowhere", seaside, cache) == []
@@ -159,8 +179,12 @@ def test_vector_copy_follows_the_index(index: PhotoIndex, tmp_path: Path) -> Non
     store.invalidate()
     assert store.sync() == 2
     # when appending finds most of the copy replaced, it starts afresh
-    store_vectors(index, MODEL, [(ids["dog"], "a cat on a sofa"), (ids["pasta"], "a plate of pasta on a table")],
-                  np.stack([unit(0, 0, 1), unit(0, 1, 0)]))
+    store_vectors(
+        index,
+        MODEL,
+        [(ids["dog"], "a cat on a sofa"), (ids["pasta"], "a plate of pasta on a table")],
+        np.stack([unit(0, 0, 1), unit(0, 1, 0)]),
+    )
     assert store.sync() == 2 and store.rows == 2
     conn.close()
 
@@ -185,9 +209,11 @@ def test_old_index_is_upgraded_on_search(tmp_path: Path) -> None:
     add(index, "/p/a.jpg", "a dog")
     index.close()
     raw = sqlite3.connect(db)  # make it look like a version 1 index: no taken_at, no vectors
-    raw.executescript("DROP TRIGGER photo_embeddings_stale; DROP TRIGGER photo_embeddings_gone; "
-                      "DROP TABLE photo_embeddings; DROP INDEX ix_photos_taken_at; "
-                      "ALTER TABLE photos DROP COLUMN taken_at; PRAGMA user_version=1;")
+    raw.executescript(
+        "DROP TRIGGER photo_embeddings_stale; DROP TRIGGER photo_embeddings_gone; "
+        "DROP TABLE photo_embeddings; DROP INDEX ix_photos_taken_at; "
+        "ALTER TABLE photos DROP COLUMN taken_at; PRAGMA user_version=1;"
+    )
     raw.close()
     conn = connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2

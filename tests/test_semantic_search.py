@@ -56,8 +56,12 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Libra
         folder = root / ("2023" if taken.startswith("2023") else "2024")
         (path,) = copy_from_corpus([source], folder)
         path = path.rename(folder / f"{name}.jpg")
-        args = [f"-XMP-dc:Description={description}", f"-EXIF:ImageDescription={description}",
-                f"-EXIF:DateTimeOriginal={taken}", *[f"-XMP-dc:Subject={k}" for k in keywords]]
+        args = [
+            f"-XMP-dc:Description={description}",
+            f"-EXIF:ImageDescription={description}",
+            f"-EXIF:DateTimeOriginal={taken}",
+            *[f"-XMP-dc:Subject={k}" for k in keywords],
+        ]
         subprocess.run(["exiftool", "-q", "-overwrite_original", *args, str(path)], check=True)
         photos[name] = path
     (undated,) = copy_from_corpus(["tiff/BSG1.tiff"], root / "scans")  # no DateTimeOriginal: mtime counts
@@ -74,8 +78,9 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Libra
 
 def test_captions_are_embedded_while_indexing(library: Library, minilm: Path) -> None:
     conn = sqlite3.connect(library.db)
-    rows = conn.execute("SELECT p.caption, e.model, length(e.vector) FROM photo_embeddings e "
-                        "JOIN photos p ON p.id = e.photo_id").fetchall()
+    rows = conn.execute(
+        "SELECT p.caption, e.model, length(e.vector) FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id"
+    ).fetchall()
     assert {d for _, d, _, _ in PHOTOS.values()} < {r[0] for r in rows}
     assert len(rows) == 4 and {r[1] for r in rows} == {str(minilm)} and {r[2] for r in rows} == {384 * 4}
     taken = dict(conn.execute("SELECT path, taken_at FROM photos").fetchall())
@@ -112,9 +117,31 @@ def test_filters_combine_with_meaning(library: Library) -> None:
 
 
 @pytest.mark.parametrize("mode", ["keyword", "semantic", "hybrid"])
-@pytest.mark.parametrize("query", ['"', "*", "AND", "dog AND", "-", "'", "NEAR(", "🐶", "tag:", "in:", "after:",
-                                   '"unclosed phrase', "a OR b NOT c", "%", "-dog -beach", "x" * 3000,
-                                   "in:/no/such/folder", "before:0001-01-01", "ünïcødé 海 犬", "\x00\x1b[31m"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"',
+        "*",
+        "AND",
+        "dog AND",
+        "-",
+        "'",
+        "NEAR(",
+        "🐶",
+        "tag:",
+        "in:",
+        "after:",
+        '"unclosed phrase',
+        "a OR b NOT c",
+        "%",
+        "-dog -beach",
+        "x" * 3000,
+        "in:/no/such/folder",
+        "before:0001-01-01",
+        "ünïcødé 海 犬",
+        "\x00\x1b[31m",
+    ],
+)
 def test_hostile_queries_never_raise(library: Library, query: str, mode: str) -> None:
     result = CliRunner().invoke(main, ["--config", str(library.config), "search", "--mode", mode, query])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -182,8 +209,7 @@ def test_reindex_dates_fills_in_missing_dates(library: Library, tmp_path: Path) 
     config.write_text(f'[index]\ndb = "{db}"\n')
     result = CliRunner().invoke(main, ["--config", str(config), "reindex", "--dates", "--no-progress"])
     assert result.exit_code == 0 and "recorded 4 of 4" in result.output
-    assert dict(conn.execute("SELECT path, taken_at FROM photos"))[str(library.photos["kids"])] \
-        == "2024-08-20T16:00:00"
+    assert dict(conn.execute("SELECT path, taken_at FROM photos"))[str(library.photos["kids"])] == "2024-08-20T16:00:00"
 
 
 def test_a_daemon_embeds_queries_so_search_skips_torch(library: Library, minilm: Path) -> None:
@@ -194,8 +220,24 @@ def test_a_daemon_embeds_queries_so_search_skips_torch(library: Library, minilm:
         assert default_socket_path().parent.stat().st_mode & 0o777 == 0o700
         env = dict(os.environ, PYTHONPATH=str(REPO))
         done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search",
-             "--mode", "semantic", "puppy at the seaside"], capture_output=True, text=True, env=env, cwd=REPO)
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "phototag",
+                "--config",
+                str(library.config),
+                "search",
+                "--mode",
+                "semantic",
+                "puppy at the seaside",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
     finally:
         server.close()
     assert done.returncode == 0, done.stderr[-2000:]
@@ -210,8 +252,12 @@ def test_a_daemon_embeds_queries_so_search_skips_torch(library: Library, minilm:
 def test_cold_search_by_meaning_without_a_daemon_needs_no_torch(library: Library) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search",
-         "food"], capture_output=True, text=True, env=env, cwd=REPO)
+        [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search", "food"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0] == str(library.photos["pasta"])
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
@@ -250,8 +296,24 @@ def test_contact_sheet_opens_in_a_browser_with_every_thumbnail(
 def test_keyword_search_imports_nothing_heavy(library: Library) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "phototag", "--config", str(library.config), "search",
-         "--mode", "keyword", "pasta"], capture_output=True, text=True, env=env, cwd=library.root)
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "phototag",
+            "--config",
+            str(library.config),
+            "search",
+            "--mode",
+            "keyword",
+            "pasta",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=library.root,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [str(library.photos["pasta"])]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}

@@ -77,12 +77,22 @@ def staged(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> list[Path]
 
 
 def test_ignored_names_and_roots(tmp_path: Path) -> None:
-    for name in (".DS_Store", "._IMG_1.jpg", ".IMG_1.jpg.phototag-tmp.jpg", "IMG_1.jpg.part", "IMG_1.jpg~",
-                 "IMG_1.JPG.TMP", ".IMG_1.jpg.phototag-tmp.jpg_exiftool_tmp", "x.jpg.crdownload"):
+    for name in (
+        ".DS_Store",
+        "._IMG_1.jpg",
+        ".IMG_1.jpg.phototag-tmp.jpg",
+        "IMG_1.jpg.part",
+        "IMG_1.jpg~",
+        "IMG_1.JPG.TMP",
+        ".IMG_1.jpg.phototag-tmp.jpg_exiftool_tmp",
+        "x.jpg.crdownload",
+    ):
         assert is_ignored_name(name), name
     assert not is_ignored_name("IMG_1.jpg") and not is_ignored_name("holiday ~ 2019.jpg")
     assert distinct_roots([tmp_path / "a" / "b", tmp_path / "a", tmp_path / "c", tmp_path / "a/"]) == [
-        tmp_path / "a", tmp_path / "c"]
+        tmp_path / "a",
+        tmp_path / "c",
+    ]
 
 
 def test_settler_waits_for_a_stable_old_enough_file(tmp_path: Path) -> None:
@@ -146,8 +156,9 @@ def test_one_daemon_per_index(tmp_path: Path) -> None:
 # -- the daemon in-process -------------------------------------------------------------------------
 
 
-def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, staged: list[Path],
-                                                     tmp_path: Path) -> None:
+def test_burst_of_50_each_captioned_and_written_once(
+    watch_settings: Settings, staged: list[Path], tmp_path: Path
+) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
     db = watch_settings.db_path()
@@ -170,8 +181,9 @@ def test_burst_of_50_each_captioned_and_written_once(watch_settings: Settings, s
         assert rgb_pixels(lib / photo.name) == rgb_pixels(photo)
 
 
-def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settings, staged: list[Path],
-                                                          tmp_path: Path) -> None:
+def test_slow_copy_is_captioned_once_after_the_last_chunk(
+    watch_settings: Settings, staged: list[Path], tmp_path: Path
+) -> None:
     settings = replace(watch_settings, watch=replace(watch_settings.watch, settle_seconds=2.0))
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -182,7 +194,7 @@ def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settin
         with open(target, "wb") as handle:
             for start in range(0, len(data), len(data) // 10 + 1):  # 10 chunks, >= 0.1 s apart
                 events = run.dispatched[str(target)]
-                handle.write(data[start:start + len(data) // 10 + 1])
+                handle.write(data[start : start + len(data) // 10 + 1])
                 handle.flush()
                 # the daemon has seen this chunk (its settle clock restarted) before the next one comes
                 wait_for(lambda: run.dispatched[str(target)] > events, what="the chunk's event")  # noqa: B023
@@ -197,8 +209,9 @@ def test_slow_copy_is_captioned_once_after_the_last_chunk(watch_settings: Settin
     assert description(target) == photo_rows(settings.db_path())[str(target)].caption
 
 
-def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings: Settings, staged: list[Path],
-                                                     tmp_path: Path) -> None:
+def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(
+    watch_settings: Settings, staged: list[Path], tmp_path: Path
+) -> None:
     lib = tmp_path / "lib"
     (lib / "trip").mkdir(parents=True)
     (lib / "old").mkdir()
@@ -215,9 +228,13 @@ def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings
         (lib / "c.jpg").unlink()  # delete
         (lib / "trip").rename(lib / "trip-2019")  # rename a folder
         shutil.rmtree(lib / "old")  # delete a folder
-        expected = {"a renamed.jpg": (*before["a.jpg"], "done"), "new/b.jpg": (*before["b.jpg"], "done"),
-                    "trip-2019/d.jpg": (*before["trip/d.jpg"], "done"),
-                    "c.jpg": (*before["c.jpg"], "missing"), "old/e.jpg": (*before["old/e.jpg"], "missing")}
+        expected = {
+            "a renamed.jpg": (*before["a.jpg"], "done"),
+            "new/b.jpg": (*before["b.jpg"], "done"),
+            "trip-2019/d.jpg": (*before["trip/d.jpg"], "done"),
+            "c.jpg": (*before["c.jpg"], "missing"),
+            "old/e.jpg": (*before["old/e.jpg"], "missing"),
+        }
 
         def settled() -> bool:
             now = {Path(p).relative_to(lib).as_posix(): (r.id, r.caption, r.status) for p, r in photo_rows(db).items()}
@@ -230,8 +247,9 @@ def test_moves_renames_and_deletes_keep_rows_or_mark_them_missing(watch_settings
     assert settled()
 
 
-def test_restart_resumes_pending_work_without_new_inference(watch_settings: Settings, staged: list[Path],
-                                                            tmp_path: Path) -> None:
+def test_restart_resumes_pending_work_without_new_inference(
+    watch_settings: Settings, staged: list[Path], tmp_path: Path
+) -> None:
     """The state a crash leaves: one photo's caption committed but not yet written to the file, one
     photo deleted while the daemon was down. The restart writes the planned caption without running the
     model (which it does not even load), and marks the deleted photo's row missing."""
@@ -259,8 +277,9 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
     assert {r.status for r in photo_rows(db).values()} == {"pending"}
 
     with running_daemon(watch_settings, lib) as run:
-        wait_for(lambda: photo_rows(db)[str(vanished)].status == "missing" and done_count(db) == 1,
-                 what="resume and sweep")
+        wait_for(
+            lambda: photo_rows(db)[str(vanished)].status == "missing" and done_count(db) == 1, what="resume and sweep"
+        )
         assert run.daemon.pipeline.captioner is None and run.inferred["photos"] == 0
         assert dict(run.spy.writes) == {str(planned): 1}
         shutil.copyfile(staged[2], lib / "new.jpg")  # a new photo loads the model
@@ -270,8 +289,9 @@ def test_restart_resumes_pending_work_without_new_inference(watch_settings: Sett
     assert rgb_pixels(planned) == rgb_pixels(staged[0])
 
 
-def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(watch_settings: Settings,
-                                                                    staged: list[Path], tmp_path: Path) -> None:
+def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(
+    watch_settings: Settings, staged: list[Path], tmp_path: Path
+) -> None:
     settings = replace(watch_settings, model=replace(watch_settings.model, name=str(tmp_path / "no-such-model")))
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -309,7 +329,9 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
     lib, db, log = tmp_path / "lib", tmp_path / "data" / "index.sqlite3", tmp_path / "daemon.log"
     lib.mkdir()
     config = write_config(
-        tmp_path, tiny_model, db=db,
+        tmp_path,
+        tiny_model,
+        db=db,
         extra=f"[watch]\nsettle_seconds = {SETTLE}\nrescan_interval = 0\nstop_timeout = 20\n",
     )
     burst, late, later = staged[:30], staged[30:33], staged[33:36]
@@ -339,8 +361,13 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
         second = start_daemon(config, lib, log)
         procs.append(second)
         wait_for(lambda: daemon_status(db).get("pid") == second.pid, what="the second daemon's state")
-        refused = subprocess.run([sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
-                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 1 and "already running" in refused.stderr, refused.stderr
         wait_for(lambda: done_count(db) > done_at_kill, what="progress after the restart")
         second.send_signal(signal.SIGTERM)
@@ -374,8 +401,10 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
         wait_for(lambda: str(sentinel) in spy.seen, what="the sentinel's event")
         sentinel.unlink()
         seen_at = time.time()
-        wait_for(lambda: daemon_status(db).get("updated_at", 0) > seen_at and daemon_status(db)["queue"] == 0,
-                 what="an idle daemon")
+        wait_for(
+            lambda: daemon_status(db).get("updated_at", 0) > seen_at and daemon_status(db)["queue"] == 0,
+            what="an idle daemon",
+        )
         fourth.send_signal(signal.SIGTERM)
         assert fourth.wait(90) == 0
     finally:
@@ -391,11 +420,13 @@ def test_sigkill_restart_sigterm_and_double_sigint(tmp_path: Path, tiny_model: P
         target = lib / photo.name
         assert description(target) == final[str(target)].caption
         assert rgb_pixels(target) == rgb_pixels(photo)  # none damaged
-    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(
-        p.name for p in everything)
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == sorted(p.name for p in everything)
     # one log line per captioned photo; none twice (a kill may cost a line, never add one)
-    logged = Counter(line.split(" INFO captioned ")[1].split(": ")[0]
-                     for line in log.read_text().splitlines() if " INFO captioned " in line)
+    logged = Counter(
+        line.split(" INFO captioned ")[1].split(": ")[0]
+        for line in log.read_text().splitlines()
+        if " INFO captioned " in line
+    )
     assert logged and set(logged) <= set(final) and max(logged.values()) == 1
 
 

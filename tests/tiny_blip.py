@@ -24,8 +24,9 @@ running sitting standing walking playing riding flying swimming eating holding l
 ARTIFACT_WORDS = ["arafed", "araffe", "arafe", "araf"]
 
 
-def build_tiny_blip(folder: Path, seed: int = 0, *, extra_vocab: list[str] | None = None,
-                    boost: dict[str, float] | None = None) -> Path:
+def build_tiny_blip(
+    folder: Path, seed: int = 0, *, extra_vocab: list[str] | None = None, boost: dict[str, float] | None = None
+) -> Path:
     """``extra_vocab``: more WordPiece entries; ``boost``: add to the output bias of those tokens, so the
     model prefers them (a model that says "arafed" unless generation forbids it)."""
     import torch
@@ -40,13 +41,23 @@ def build_tiny_blip(folder: Path, seed: int = 0, *, extra_vocab: list[str] | Non
     vocab_size = len(vocab) + 1  # + the decoder's [DEC] bos token, outside the tokenizer, as in BLIP
     config = BlipConfig(
         vision_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": 32, "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
         },
         text_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "vocab_size": vocab_size, "bos_token_id": vocab_size - 1, "sep_token_id": tokenizer.sep_token_id,
-            "pad_token_id": tokenizer.pad_token_id, "max_position_embeddings": 64,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": vocab_size,
+            "bos_token_id": vocab_size - 1,
+            "sep_token_id": tokenizer.sep_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "max_position_embeddings": 64,
         },
         projection_dim=32,
     )
@@ -59,7 +70,8 @@ def build_tiny_blip(folder: Path, seed: int = 0, *, extra_vocab: list[str] | Non
         for token, amount in (boost or {}).items():
             model.text_decoder.cls.predictions.bias[vocab.index(token)] += amount
     model.save_pretrained(folder)
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
     processor.save_pretrained(folder)
     return folder

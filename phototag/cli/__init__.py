@@ -41,8 +41,12 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="phototag")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="PHOTOTAG_DB",
-              help="Index file (default: ~/.local/share/phototag/index.sqlite3; env PHOTOTAG_DB).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PHOTOTAG_DB",
+    help="Index file (default: ~/.local/share/phototag/index.sqlite3; env PHOTOTAG_DB).",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.pass_context

@@ -27,12 +27,22 @@ from phototag.sweep import sweep
 @model_options
 @dry_run_option("Show what would be written; change nothing on disk.")
 @click.option("--retry-failed", is_flag=True, help="Try again photos that failed before and did not change.")
-@click.option("--include-restored", is_flag=True,
-              help="Caption again photos that 'phototag restore' put back (skipped otherwise while unchanged).")
+@click.option(
+    "--include-restored",
+    is_flag=True,
+    help="Caption again photos that 'phototag restore' put back (skipped otherwise while unchanged).",
+)
 @progress_option
 @pass_app
-def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_failed: bool, include_restored: bool,
-            no_progress: bool, **model_values: Any) -> None:
+def command(
+    app: AppContext,
+    paths: tuple[Path, ...],
+    dry_run: bool,
+    retry_failed: bool,
+    include_restored: bool,
+    no_progress: bool,
+    **model_values: Any,
+) -> None:
     """Caption every photo under PATHS and write the captions into their metadata.
 
     Photos already captioned and unchanged are skipped, so an interrupted backfill resumes where it
@@ -58,6 +68,7 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         app.lock_index("phototag backfill")  # before anything is written, the stale temps included
 
     progress = Progress(enabled=not no_progress, quiet=app.quiet)
+
     def report_would_write(outcome: Outcome) -> None:
         progress(outcome)
         if outcome.kind == WOULD_WRITE:
@@ -74,19 +85,30 @@ def command(app: AppContext, paths: tuple[Path, ...], dry_run: bool, retry_faile
         stale = clean_stale_temps(roots)
         if stale:
             app.note(f"removed {len(stale)} temp files left by an interrupted run")
-    pipeline = Pipeline(settings, index, exiftool, dry_run=dry_run, retry_failed=retry_failed,
-                        include_restored=include_restored, on_outcome=outcome_sink).start()
+    pipeline = Pipeline(
+        settings,
+        index,
+        exiftool,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+        include_restored=include_restored,
+        on_outcome=outcome_sink,
+    ).start()
     threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
     completed = _feed(pipeline, roots)
     progress.finish(draw=pipeline.error is None)
     if completed and not dry_run:
         swept = sweep(index, roots)
         for root in swept.skipped_roots:
-            app.note(f"phototag: {root} is missing or holds no photos (an unmounted share?): "
-                     "its photos in the index are left as they are")
+            app.note(
+                f"phototag: {root} is missing or holds no photos (an unmounted share?): "
+                "its photos in the index are left as they are"
+            )
         if swept.missing:
-            app.note(f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
-                     "undo data are kept; 'phototag prune' forgets them)")
+            app.note(
+                f"marked {len(swept.missing)} photos no longer on disk as missing (their captions and "
+                "undo data are kept; 'phototag prune' forgets them)"
+            )
     if pipeline.error is not None:
         if not dry_run:  # so `phototag status` can say why photos are still pending
             last_run.record_error(db, "backfill", str(pipeline.error))

@@ -146,8 +146,10 @@ class CountProgress:
         elapsed = max(now - self._start, 1e-6)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0
-        line = (f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)  {rate:.0f}/s  "
-                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        line = (
+            f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)  {rate:.0f}/s  "
+            f"ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        )
         sys.stderr.write(("\r\033[K" + line) if self._tty else line + "\n")
         sys.stderr.flush()
 

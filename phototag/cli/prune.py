@@ -16,13 +16,19 @@ DAY_S = 86400.0
 
 @click.command("prune")
 @paths_argument()
-@click.option("--older-than", "older_than", type=click.FloatRange(min=0), metavar="DAYS",
-              help="Only photos missing for at least DAYS days.")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    metavar="DAYS",
+    help="Only photos missing for at least DAYS days.",
+)
 @dry_run_option("List what would be forgotten; change nothing.")
 @click.pass_context
 @pass_app
-def command(app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_than: float | None,
-            dry_run: bool) -> None:
+def command(
+    app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_than: float | None, dry_run: bool
+) -> None:
     """Forget the photos marked missing (no longer on disk), under PATHS or everywhere.
 
     A photo that is deleted, moved away or on a share that is not mounted keeps its index row, marked
@@ -51,13 +57,19 @@ def command(app: AppContext, ctx: click.Context, paths: tuple[Path, ...], older_
             since = time.strftime("%Y-%m-%d", time.localtime(row.missing_since)) if row.missing_since else "?"
             click.echo(f"{row.path}\tmissing since {since}\tundo data: original metadata of phototag's caption")
     if dry_run:
-        click.echo(f"dry run: would forget {len(rows)} missing photos; {len(with_undo)} of them have undo "
-                   "data (original metadata) that would be dropped", err=True)
+        click.echo(
+            f"dry run: would forget {len(rows)} missing photos; {len(with_undo)} of them have undo "
+            "data (original metadata) that would be dropped",
+            err=True,
+        )
         return
     forgotten = prune(index, rows)
     dropped = sum(1 for row in forgotten if has_undo_data(row))
     if not rows:
         click.echo("no missing photos to forget", err=True)
         return
-    click.echo(f"forgot {len(forgotten)} missing photos; the undo data (original metadata) of {dropped} of them "
-               "is dropped: 'phototag restore' can no longer put their descriptions back", err=True)
+    click.echo(
+        f"forgot {len(forgotten)} missing photos; the undo data (original metadata) of {dropped} of them "
+        "is dropped: 'phototag restore' can no longer put their descriptions back",
+        err=True,
+    )

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 @click.command("reindex")
 @click.option("--embeddings", is_flag=True, help="Embed captions that have no vector from the embedding model.")
-@click.option("--dates", is_flag=True,
-              help="Record taken dates (EXIF DateTimeOriginal, else the file's time before phototag wrote it) "
-                   "where missing.")
+@click.option(
+    "--dates",
+    is_flag=True,
+    help="Record taken dates (EXIF DateTimeOriginal, else the file's time before phototag wrote it) where missing.",
+)
 @progress_option
 @pass_app
 def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -> None:

@@ -55,8 +55,9 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
         where = "the index" if roots is None else " ".join(str(r) for r in roots)
         raise click.ClickException(f"no photos to restore: nothing of {where} is in the index")
     exiftool = app.exiftool()
-    progress = Progress(enabled=not no_progress and not app.quiet, rate_of=(RESTORED, UNCHANGED, GONE),
-                        rate_unit="photos/s")
+    progress = Progress(
+        enabled=not no_progress and not app.quiet, rate_of=(RESTORED, UNCHANGED, GONE), rate_unit="photos/s"
+    )
     progress.total = total
     sidecars_removed = 0
     try:
@@ -78,4 +79,3 @@ def command(app: AppContext, paths: tuple[Path, ...], everything: bool, no_progr
     )
     if counts[FAILED_OUTCOME]:
         sys.exit(1)
-

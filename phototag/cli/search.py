@@ -32,7 +32,7 @@ class _QueryCommand(click.Command):
         words: list[str] = []
         for i, arg in enumerate(args):
             if arg == "--":
-                words += args[i + 1:]
+                words += args[i + 1 :]
                 break
             is_exclusion = arg.startswith("-") and not arg.startswith("--") and len(arg) > 1
             (words if is_exclusion and arg not in known else options).append(arg)
@@ -42,25 +42,57 @@ class _QueryCommand(click.Command):
 @click.command("search", cls=_QueryCommand)
 @click.argument("query", nargs=-1)
 @click.option("-n", "--limit", type=click.IntRange(1), default=20, show_default=True, help="Most results.")
-@click.option("--mode", type=click.Choice(MODES),
-              help="keyword: caption words (bm25); semantic: meaning (sentence embeddings); hybrid: both, fused. "
-                   "Default: hybrid when the index has caption embeddings, else keyword.")
-@click.option("--in", "folders", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Only photos under this folder (repeatable; same as in:FOLDER).")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    help="keyword: caption words (bm25); semantic: meaning (sentence embeddings); hybrid: both, fused. "
+    "Default: hybrid when the index has caption embeddings, else keyword.",
+)
+@click.option(
+    "--in",
+    "folders",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Only photos under this folder (repeatable; same as in:FOLDER).",
+)
 @click.option("--after", metavar="DATE", help="Taken on DATE or later: YYYY, YYYY-MM or YYYY-MM-DD (after:DATE).")
 @click.option("--before", metavar="DATE", help="Taken before DATE (before:DATE).")
 @click.option("--tag", "tags", multiple=True, help="Only photos with this keyword (repeatable; tag:WORD).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="paths (default): one per line; json: JSON lines; table: score, date, caption, path.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="paths (default): one per line; json: JSON lines; table: score, date, caption, path.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write a contact sheet: an HTML page with thumbnails and captions.")
-@click.option("--open", "open_sheet", is_flag=True,
-              help="Open the contact sheet in the web browser (written to the data dir without --html).")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a contact sheet: an HTML page with thumbnails and captions.",
+)
+@click.option(
+    "--open",
+    "open_sheet",
+    is_flag=True,
+    help="Open the contact sheet in the web browser (written to the data dir without --html).",
+)
 @pass_app
-def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | None, folders: tuple[Path, ...],
-            after: str | None, before: str | None, tags: tuple[str, ...], fmt: str | None, as_json: bool,
-            html_file: Path | None, open_sheet: bool) -> None:
+def command(
+    app: AppContext,
+    query: tuple[str, ...],
+    limit: int,
+    mode: str | None,
+    folders: tuple[Path, ...],
+    after: str | None,
+    before: str | None,
+    tags: tuple[str, ...],
+    fmt: str | None,
+    as_json: bool,
+    html_file: Path | None,
+    open_sheet: bool,
+) -> None:
     """Find photos by what their captions say. Prints absolute paths, best match first.
 
     Words are matched in any order and form ("dogs" finds "dog"); small words like "on" and "the"
@@ -90,8 +122,9 @@ def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | Non
     fmt = "json" if as_json else (fmt or "paths")
     text = " ".join(query)
     try:
-        parsed = with_filters(parse_query(text), folders=tuple(str(f) for f in folders), after=after,
-                              before=before, tags=tags)
+        parsed = with_filters(
+            parse_query(text), folders=tuple(str(f) for f in folders), after=after, before=before, tags=tags
+        )
     except QueryError as exc:
         raise click.UsageError(str(exc)) from None
     if not query and not parsed.has_filters:
@@ -102,8 +135,9 @@ def command(app: AppContext, query: tuple[str, ...], limit: int, mode: str | Non
     finder = Finder(conn)
     mode, store, embed = _semantic_side(conn, db, settings.embedding_model(), parsed, mode)
     try:
-        found = finder.search(parsed, mode=mode, limit=limit * 2, store=store, embed=embed,
-                              min_similarity=settings.search.min_similarity)
+        found = finder.search(
+            parsed, mode=mode, limit=limit * 2, store=store, embed=embed, min_similarity=settings.search.min_similarity
+        )
     except SearchError as exc:
         raise click.ClickException(str(exc)) from None
     hits = [hit for hit in found if os.path.exists(hit.path)][:limit]
@@ -124,7 +158,8 @@ def _semantic_side(
     if not has_vectors(conn, key):
         if mode in (SEMANTIC, HYBRID):
             raise click.ClickException(
-                f"the index has no caption embeddings from {key}: run 'phototag reindex --embeddings' first")
+                f"the index has no caption embeddings from {key}: run 'phototag reindex --embeddings' first"
+            )
         _hint_other_models(conn, key)
         return KEYWORD, None, None
     from phototag.embed_socket import default_socket_path
@@ -153,8 +188,11 @@ def _hint_other_models(conn: sqlite3.Connection, model: str) -> None:
 
     others = vector_models(conn)
     if others:
-        click.echo(f"phototag: caption embeddings in the index are from {', '.join(others)}, not {model}; "
-                   "searching by keywords (run 'phototag reindex --embeddings' to search by meaning)", err=True)
+        click.echo(
+            f"phototag: caption embeddings in the index are from {', '.join(others)}, not {model}; "
+            "searching by keywords (run 'phototag reindex --embeddings' to search by meaning)",
+            err=True,
+        )
 
 
 def _print(hits: list[SearchHit], fmt: str) -> None:
@@ -173,20 +211,23 @@ def _print(hits: list[SearchHit], fmt: str) -> None:
             click.echo(hit.path)
 
 
-def _contact_sheet(app: AppContext, hits: list[SearchHit], target: Path | None, text: str, mode: str,
-                   open_sheet: bool) -> None:
+def _contact_sheet(
+    app: AppContext, hits: list[SearchHit], target: Path | None, text: str, mode: str, open_sheet: bool
+) -> None:
     from phototag.contact_sheet import Thumbnails, thumbnails_dir, write_contact_sheet
 
     if target is None:
         from phototag.config import data_dir
 
         target = data_dir() / "contact-sheet.html"
+
     def raw_preview(path: Path) -> bytes | None:
         return app.exiftool().preview(path)  # started for the first RAW only; ends with the command
 
     try:
-        written = write_contact_sheet(hits, target, Thumbnails(thumbnails_dir(), raw_preview=raw_preview),
-                                      query=text, mode=mode)
+        written = write_contact_sheet(
+            hits, target, Thumbnails(thumbnails_dir(), raw_preview=raw_preview), query=text, mode=mode
+        )
     except OSError as exc:
         raise click.ClickException(f"cannot write the contact sheet {target}: {exc.strerror or exc}") from None
     click.echo(f"contact sheet: {written} ({len(hits)} photos)", err=True)

@@ -71,7 +71,8 @@ def readable(data: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) lines for a person: dates instead of epoch numbers, and what restore would put back
     instead of the raw record (``--json`` keeps every field as stored)."""
     source = {"model": "by the captioning model", "human": "written by a person, kept"}.get(
-        data.get("caption_source") or "", data.get("caption_source") or "")
+        data.get("caption_source") or "", data.get("caption_source") or ""
+    )
     caption = data.get("caption")
     if caption and source:
         caption = f"{caption}  ({source})"
@@ -85,8 +86,10 @@ def readable(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("keywords", ", ".join(data.get("keywords") or []) or None),
         ("model", data.get("model")),
         ("prompt", data.get("prompt")),
-        ("written to", {"embedded": "the photo's own metadata", "sidecar": "an XMP sidecar"}.get(written or "",
-                                                                                               written)),
+        (
+            "written to",
+            {"embedded": "the photo's own metadata", "sidecar": "an XMP sidecar"}.get(written or "", written),
+        ),
         ("taken", taken),
         ("captioned", _when(data.get("captioned_at"))),
         ("updated", _when(data.get("updated_at"))),
@@ -97,8 +100,11 @@ def readable(data: dict[str, Any]) -> list[tuple[str, str]]:
     if not written:
         result.append(("restore", "nothing to put back: phototag has not written to this photo"))
         return result
-    tags = {k: v for k, v in (original.get("file") or {}).get("tags", {}).items()
-            if k not in _TECHNICAL_TAGS and v is not None}
+    tags = {
+        k: v
+        for k, v in (original.get("file") or {}).get("tags", {}).items()
+        if k not in _TECHNICAL_TAGS and v is not None
+    }
     before = [f"{tag} = {_tag_value(value)}" for tag, value in tags.items()]
     sidecar = original.get("sidecar") or {}
     if sidecar.get("exists"):

@@ -17,8 +17,9 @@ from phototag.index import DONE, FAILED, MISSING, PENDING, RESTORED
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@click.option("--failures", type=click.IntRange(0), default=20, show_default=True,
-              help="How many failed photos to list (0: all).")
+@click.option(
+    "--failures", type=click.IntRange(0), default=20, show_default=True, help="How many failed photos to list (0: all)."
+)
 @pass_app
 def command(app: AppContext, as_json: bool, failures: int) -> None:
     """Counts by status (done, pending, failed, missing, and restored by `phototag restore`), the failed
@@ -50,22 +51,30 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "index": str(db),
             "counts": counts,
             "total": sum(counts.values()),
-            "failed": [{"path": row.path, "reason": row.failure_reason, "kind": row.failure_kind, "tries": row.tries}
-                       for row in failed],
+            "failed": [
+                {"path": row.path, "reason": row.failure_reason, "kind": row.failure_kind, "tries": row.tries}
+                for row in failed
+            ],
             "daemon": daemon_status(db),
             "last_run_error": stopped,
         }
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(f"index: {db}")
-    click.echo(f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
-               f"failed: {counts[FAILED]}  missing: {counts[MISSING]}  restored: {counts[RESTORED]}")
+    click.echo(
+        f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
+        f"failed: {counts[FAILED]}  missing: {counts[MISSING]}  restored: {counts[RESTORED]}"
+    )
     if stopped:
-        click.echo(f"  pending because the last {stopped.get('command', 'run')} ({_when(stopped.get('at'))}) "
-                   f"stopped: {stopped['error']}".replace("\n", "\n    "))
+        click.echo(
+            f"  pending because the last {stopped.get('command', 'run')} ({_when(stopped.get('at'))}) "
+            f"stopped: {stopped['error']}".replace("\n", "\n    ")
+        )
     if counts[MISSING]:
-        click.echo(f"missing: {counts[MISSING]} photos are no longer on disk; their rows (and undo data) are "
-                   "kept until they come back or 'phototag prune' forgets them")
+        click.echo(
+            f"missing: {counts[MISSING]} photos are no longer on disk; their rows (and undo data) are "
+            "kept until they come back or 'phototag prune' forgets them"
+        )
     click.echo(_daemon_line(daemon_status(db)))
     if failed:
         click.echo("failed:")
@@ -90,11 +99,15 @@ def _when(epoch: Any) -> str:
 
 def _daemon_line(daemon: dict[str, Any]) -> str:
     if daemon["running"]:
-        line = (f"daemon: running (pid {daemon.get('pid')}, since {_when(daemon.get('started_at'))}), "
-                f"queue: {daemon.get('queue', 0)}, watching: {', '.join(daemon.get('folders', []))}")
+        line = (
+            f"daemon: running (pid {daemon.get('pid')}, since {_when(daemon.get('started_at'))}), "
+            f"queue: {daemon.get('queue', 0)}, watching: {', '.join(daemon.get('folders', []))}"
+        )
     elif daemon.get("died"):
-        line = (f"daemon: not running; pid {daemon.get('pid')} died without stopping "
-                f"(last seen {_when(daemon.get('updated_at'))}); its pending photos resume on the next start")
+        line = (
+            f"daemon: not running; pid {daemon.get('pid')} died without stopping "
+            f"(last seen {_when(daemon.get('updated_at'))}); its pending photos resume on the next start"
+        )
     elif "stopped_at" in daemon:
         line = f"daemon: not running (stopped {_when(daemon.get('stopped_at'))})"
     else:

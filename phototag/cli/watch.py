@@ -65,9 +65,13 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         log.info("removed %d temp files left by an interrupted run", len(stale))
     daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
     watch = settings.watch
-    log.info("watching %s (settle %gs, rescan %s, index %s)", ", ".join(map(str, daemon.roots)),
-             watch.settle_seconds, f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
-             settings.db_path())
+    log.info(
+        "watching %s (settle %gs, rescan %s, index %s)",
+        ", ".join(map(str, daemon.roots)),
+        watch.settle_seconds,
+        f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
+        settings.db_path(),
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -93,8 +97,10 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         raise
     finished = daemon.shutdown(watch.stop_timeout)
     if not finished:
-        log.error("the batch in flight did not finish within %gs; its photos stay pending and resume on "
-                  "the next start", watch.stop_timeout)
+        log.error(
+            "the batch in flight did not finish within %gs; its photos stay pending and resume on the next start",
+            watch.stop_timeout,
+        )
         if daemon.error is not None:
             log.error("%s", daemon.error)
         logging.shutdown()
