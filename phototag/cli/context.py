@@ -27,7 +27,7 @@ from phototag.config import ConfigError, Settings, load_settings, override
 if TYPE_CHECKING:
     import sqlite3
 
-    from phototag.daemon_state import DaemonLock
+    from phototag.daemon_state import DaemonLock, WriterLock
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
 
@@ -138,32 +138,30 @@ class AppContext:
     def lock_index(self, command: str) -> None:
         """Become the index's one writer until the command ends, or stop with one line naming the
         phototag that writes it now (a daemon, another backfill...) and how to stop it."""
-        from phototag.daemon_state import AlreadyRunning, WriterLock
+        from phototag.daemon_state import WriterLock
 
-        db = self.db_path()
-        lock = WriterLock(db, command)
-        try:
-            lock.acquire()
-        except AlreadyRunning as exc:
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:  # e.g. an index folder this user cannot write
-            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
-        self.on_close(lock.release)
+        self._hold(WriterLock(self.db_path(), command))
 
     def daemon_lock(self) -> DaemonLock:
         """The watch daemon's lock (the writer lock included), held until the command ends."""
-        from phototag.daemon_state import AlreadyRunning, DaemonLock
+        from phototag.daemon_state import DaemonLock
 
-        db = self.db_path()
-        lock = DaemonLock(db)
+        lock = DaemonLock(self.db_path())
+        self._hold(lock)
+        return lock
+
+    def _hold(self, lock: WriterLock | DaemonLock) -> None:
+        """Take ``lock`` until the command ends; who holds it instead, or why it cannot be taken, is one line."""
+        from phototag.daemon_state import AlreadyRunning
+
         try:
             lock.acquire()
         except AlreadyRunning as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # e.g. an index folder this user cannot write
-            raise click.ClickException(f"cannot use the index folder {db.parent}: {exc.strerror or exc}") from None
+            folder = self.db_path().parent
+            raise click.ClickException(f"cannot use the index folder {folder}: {exc.strerror or exc}") from None
         self.on_close(lock.release)
-        return lock
 
     # -- roots -------------------------------------------------------------------------------------
 
