@@ -7,7 +7,7 @@ when the command ends however it ends (done, a ``ClickException``, ``sys.exit``,
 leaks an open index, an exiftool child process or a held lock. The last thing opened is closed first,
 so exiftool and the index are closed before the writer lock is released.
 
-Heavy modules (SQLAlchemy, pyexiftool) are imported inside the methods that need them, so
+Heavy modules (SQLAlchemy, the exiftool session) are imported inside the methods that need them, so
 ``phototag search`` in keyword mode still starts without them.
 """
 
