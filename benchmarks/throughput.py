@@ -272,7 +272,8 @@ def phototag(settings: Any, captioner: Any, photos: list[Path], name: str = "pho
     from phototag.config import IndexSettings, Settings
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
-    from phototag.pipeline import CAPTIONED, Outcome, Pipeline
+    from phototag.pipeline import Pipeline
+    from phototag.planning import CAPTIONED, Outcome
     from phototag.scan import walk_photos
 
     with tempfile.TemporaryDirectory(prefix="phototag-bench-") as tmp:

@@ -62,6 +62,13 @@ def _flock_exclusive(path: Path, wait: float) -> IO[str] | None:
             time.sleep(0.05)
 
 
+def _unlock(handle: IO[str] | None) -> None:
+    """Let go of a lock taken by :func:`_flock_exclusive` (nothing to do for one never taken)."""
+    if handle is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def _stamp(handle: IO[str], text: str) -> None:
     """Replace the lock file's content (who holds it) in one write."""
     handle.seek(0)
@@ -98,10 +105,8 @@ class WriterLock:
         self._handle = handle
 
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        _unlock(self._handle)
+        self._handle = None
 
     def __enter__(self) -> WriterLock:
         self.acquire()
@@ -179,10 +184,8 @@ class DaemonLock:
         self._handle = handle
 
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        _unlock(self._handle)
+        self._handle = None
         self.writer.release()
 
 

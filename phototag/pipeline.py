@@ -47,20 +47,7 @@ from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import PhotoIndex
 from phototag.keywords import keywords_from_caption
 from phototag.metadata import ExifToolSession
-from phototag.planning import (
-    CAPTIONED,
-    FAILED_OUTCOME,
-    HUMAN,
-    MOVED,
-    RETURNED,
-    SKIPPED,
-    SYMLINK,
-    WOULD_WRITE,
-    Decision,
-    Outcome,
-    Planner,
-    Task,
-)
+from phototag.planning import FAILED_OUTCOME, Outcome, Planner, Task
 from phototag.stages import (
     IndexJob,
     IndexRecords,
@@ -73,22 +60,6 @@ from phototag.stages import (
     photo_failure,
     store_vectors_job,
 )
-
-# The outcome kinds and types sources and commands read, where they meet the pipeline.
-__all__ = [
-    "CAPTIONED",
-    "FAILED_OUTCOME",
-    "HUMAN",
-    "MOVED",
-    "RETURNED",
-    "SKIPPED",
-    "SYMLINK",
-    "WOULD_WRITE",
-    "Decision",
-    "Outcome",
-    "Pipeline",
-    "Task",
-]
 
 log = logging.getLogger(__name__)
 

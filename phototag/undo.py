@@ -11,7 +11,7 @@ from pathlib import Path
 from phototag.exiftool import MetadataError
 from phototag.index import RESTORED, SOURCE_MODEL, Photo, PhotoIndex, iter_rows, mark_restored
 from phototag.metadata import ExifToolSession
-from phototag.pipeline import FAILED_OUTCOME, Outcome
+from phototag.planning import FAILED_OUTCOME, Outcome
 from phototag.sweep import mark_missing
 
 UNCHANGED = "unchanged"  # nothing to put back: the photo already says what it said before

@@ -32,17 +32,8 @@ from phototag.daemon_state import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession
-from phototag.pipeline import (
-    CAPTIONED,
-    FAILED_OUTCOME,
-    HUMAN,
-    MOVED,
-    RETURNED,
-    SYMLINK,
-    Outcome,
-    Pipeline,
-    error_line,
-)
+from phototag.pipeline import Pipeline, error_line
+from phototag.planning import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, RETURNED, SYMLINK, Outcome
 from phototag.safe_write import TEMP_MARKER
 from phototag.scan import walk_photos
 from phototag.sweep import sweep, sweepable

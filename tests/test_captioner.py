@@ -129,7 +129,8 @@ def test_pipeline_captions_equal_seed_script(
     """End to end, speed options off: the pipeline's captions are the seed script's tokens, decoded."""
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
-    from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
+    from phototag.pipeline import Pipeline
+    from phototag.planning import WOULD_WRITE, Outcome
 
     photos = copy_from_corpus(UPRIGHT, tmp_path / "photos")
     model = replace(

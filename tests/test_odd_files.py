@@ -13,7 +13,7 @@ from click.testing import Result
 
 from phototag.config import Settings, WatchSettings
 from phototag.metadata import ExifToolSession
-from phototag.pipeline import SYMLINK
+from phototag.planning import SYMLINK
 from tests.conftest import copy_from_corpus, description, photo_rows, rgb_pixels, run_cli, running_daemon, write_config
 from tests.conftest import wait_until as wait_for
 from tests.metadata_checks import sha256

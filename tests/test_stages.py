@@ -16,8 +16,8 @@ from phototag.config import PipelineSettings, Settings
 from phototag.embeddings import QUEUE_BATCHES, EmbedWorker
 from phototag.index import DONE, PENDING, Photo, PhotoEmbedding, PhotoIndex
 from phototag.metadata import ExifToolSession
-from phototag.pipeline import CAPTIONED, MOVED, WOULD_WRITE, Outcome, Pipeline
-from phototag.planning import Planner
+from phototag.pipeline import Pipeline
+from phototag.planning import CAPTIONED, MOVED, WOULD_WRITE, Outcome, Planner
 from phototag.stages import apply_decision
 from tests.conftest import copy_from_corpus, wait_until
 

@@ -16,7 +16,8 @@ from phototag import last_run
 from phototag.cli.context import AppContext, pass_app
 from phototag.cli.options import apply_model_options, dry_run_option, model_options, paths_argument, progress_option
 from phototag.cli.progress import Progress
-from phototag.pipeline import WOULD_WRITE, Outcome, Pipeline
+from phototag.pipeline import Pipeline
+from phototag.planning import WOULD_WRITE, Outcome
 from phototag.safe_write import clean_stale_temps
 from phototag.scan import count_photos, walk_photos
 from phototag.sweep import sweep

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 
-from phototag.pipeline import (
+from phototag.planning import (
     CAPTIONED,
     FAILED_OUTCOME,
     HUMAN,

@@ -11,7 +11,7 @@ from phototag.cli.context import AppContext, absolute, pass_app
 from phototag.cli.options import paths_argument, progress_option
 from phototag.cli.progress import Progress
 from phototag.index import count_rows
-from phototag.pipeline import FAILED_OUTCOME
+from phototag.planning import FAILED_OUTCOME
 from phototag.undo import GONE, RESTORED, UNCHANGED, restore_rows
 
 
