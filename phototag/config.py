@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from phototag.database import IndexLocation, locate
+
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -120,13 +122,17 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
 
+    def db_setting(self) -> str:
+        """``[index] db`` (or ``--db``), else ``$PHOTOTAG_DB``: a file path, a database URL, or ""."""
+        return self.index.db or os.environ.get("PHOTOTAG_DB") or ""
+
+    def index_location(self) -> IndexLocation:
+        """The index: the SQLite file in the data folder unless a path or a database URL is configured."""
+        return locate(self.db_setting(), data_dir() / "index.sqlite3", data_dir())
+
     def db_path(self) -> Path:
-        if self.index.db:
-            return Path(self.index.db).expanduser()
-        env = os.environ.get("PHOTOTAG_DB")
-        if env:
-            return Path(env).expanduser()
-        return data_dir() / "index.sqlite3"
+        """The SQLite index file, or for a server index the local name of its side files (locks, state)."""
+        return self.index_location().path
 
     def embedding_model(self) -> str:
         """The caption-embedding model: config, else ``$PHOTOTAG_EMBEDDING_MODEL``, else the default."""

@@ -21,11 +21,15 @@ import errno
 import fcntl
 import json
 import os
+import socket
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from phototag.config import make_private_dir
+
+if TYPE_CHECKING:
+    from phototag.pg_lock import PgWriterLock
 
 
 class AlreadyRunning(Exception):
@@ -135,12 +139,16 @@ def writer_holder(db: Path) -> tuple[int | None, str]:
     return pid, (lines[1] if len(lines) > 1 and lines[1] else "another phototag")
 
 
-def refusal(db: Path, pid: int | None, command: str) -> str:
-    """The one line a second writer gets: who writes the index, and how to stop it."""
-    who = f"{command} (pid {pid})" if pid else command
+def refusal(db: object, pid: int | None, command: str, *, host: str | None = None) -> str:
+    """The one line a second writer gets: who writes the index (on which machine, for a shared
+    PostgreSQL index), and how to stop it."""
+    elsewhere = host is not None and host != socket.gethostname()
+    where = f" on {host}" if elsewhere else ""
+    who = f"{command} (pid {pid}{where})" if pid else command + where
     if command.startswith("phototag watch"):
         kill = f", or kill {pid}" if pid else ""
-        advice = f"stop it first (systemctl --user stop phototag{kill}) and run this again"
+        advice = f"stop it first ({'on ' + str(host) + ': ' if elsewhere else ''}systemctl --user stop phototag{kill})"
+        advice += " and run this again"
     else:
         advice = "wait for it to finish or stop it" + (f" (kill {pid})" if pid else "") + ", then run this again"
     return f"{who} is already running on the index {db}; {advice}"
@@ -155,10 +163,11 @@ class DaemonLock:
     index's writer lock first (so no backfill, restore or reindex runs beside it), then this one, which
     ``phototag status`` peeks at to tell whether a daemon runs."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, writer: WriterLock | PgWriterLock | None = None) -> None:
         self.db = db
         self.path = lock_path(db)
-        self.writer = WriterLock(db, "phototag watch")
+        # on a PostgreSQL index the writer lock is the server's (db is then the local name of the side files)
+        self.writer = writer or WriterLock(db, "phototag watch")
         self._handle: IO[str] | None = None
 
     @property

@@ -126,17 +126,32 @@ def store_vectors(index: PhotoIndex, model: str, items: Sequence[tuple[int, str]
         return save_vectors(conn, model, items, vectors)
 
 
+# Save a vector, replacing the photo's old one; a replaced vector gets a new (higher) seq, as on SQLite.
+_UPSERT = {
+    "sqlite": "INSERT OR REPLACE INTO photo_embeddings (photo_id, model, vector) "
+    "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption",
+    "postgresql": "INSERT INTO photo_embeddings (photo_id, model, vector) "
+    "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption "
+    "ON CONFLICT (photo_id) DO UPDATE SET model = EXCLUDED.model, vector = EXCLUDED.vector, "
+    "seq = nextval(pg_get_serial_sequence('photo_embeddings', 'seq'))",
+}
+
+
+def _dialect(conn: Any) -> str:
+    """``sqlite`` or ``postgresql``, for a connection or a session."""
+    bind = conn.get_bind() if hasattr(conn, "get_bind") else conn
+    return str(bind.dialect.name)
+
+
 def save_vectors(conn: Any, model: str, items: Sequence[tuple[int, str]], vectors: np.ndarray) -> int:
     """:func:`store_vectors` inside the caller's transaction (a connection or a session)."""
     from phototag.vectors import vector_bytes
 
     saved = 0
+    statement = _sql(_UPSERT[_dialect(conn)])
     for (photo_id, caption), vector in zip(items, vectors, strict=True):
         result = conn.execute(
-            _sql(
-                "INSERT OR REPLACE INTO photo_embeddings (photo_id, model, vector) "
-                "SELECT id, :model, :vector FROM photos WHERE id = :id AND caption = :caption"
-            ),
+            statement,
             {"model": model, "vector": vector_bytes(vector), "id": photo_id, "caption": caption},
         )
         saved += result.rowcount or 0
@@ -148,6 +163,12 @@ def without_vectors(index: PhotoIndex, model: str, ids: Sequence[int]) -> set[in
     import json
 
     with index.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            rows = conn.execute(
+                _sql("SELECT photo_id FROM photo_embeddings WHERE model = :model AND photo_id = ANY(:ids)"),
+                {"model": model, "ids": [int(i) for i in ids]},
+            )
+            return set(ids) - {row[0] for row in rows}
         have = {
             row[0]
             for row in conn.execute(

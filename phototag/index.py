@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
@@ -38,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from phototag.config import make_private_dir
+from phototag.database import IndexLocation
 from phototag.fingerprint import content_hash
 from phototag.migrations import is_current, upgrade
 
@@ -52,13 +54,17 @@ class Base(DeclarativeBase):
     pass
 
 
+# A 64-bit integer on PostgreSQL (file sizes, nanosecond times), SQLite's INTEGER (already 64 bits) there.
+Int64 = Integer().with_variant(BigInteger(), "postgresql")
+
+
 class Photo(Base):
     __tablename__ = "photos"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)
-    size: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Int64)
+    mtime_ns: Mapped[int] = mapped_column(Int64)
     content_hash: Mapped[str | None] = mapped_column(String, nullable=True)
     status: Mapped[str] = mapped_column(String, default=PENDING)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -83,7 +89,7 @@ class Photo(Base):
     missing_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The file's mtime when phototag first planned it, before any write of its own changed it: the
     # taken date of a photo without EXIF date (kept across rewrites and restores).
-    mtime_before_write_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mtime_before_write_ns: Mapped[int | None] = mapped_column(Int64, nullable=True)
 
     __table_args__ = (
         SqlIndex("ix_photos_status", "status"),
@@ -171,19 +177,35 @@ def create_private(path: Path) -> None:
 
 
 class PhotoIndex:
-    """Owns the engine; hands out short sessions. Safe to share across threads."""
+    """Owns the engine; hands out short sessions. Safe to share across threads.
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        create_private(self.path)
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}", future=True)
-        event.listen(self.engine, "connect", _set_pragmas)
+    ``where`` is the SQLite file, or an :class:`~phototag.database.IndexLocation` (a file or a server
+    such as PostgreSQL: :mod:`phototag.pg_schema` makes its schema)."""
+
+    def __init__(self, where: Path | IndexLocation) -> None:
+        self.location = where if isinstance(where, IndexLocation) else IndexLocation(Path(where))
+        self.path = self.location.path  # for a server: the local name of its side files
+        if self.location.is_server:
+            self.engine: Engine = create_engine(self.location.engine_url(), future=True, pool_pre_ping=True)
+        else:
+            create_private(self.path)
+            self.engine = create_engine(f"sqlite:///{self.path}", future=True)
+            event.listen(self.engine, "connect", _set_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._ensure_schema()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def _ensure_schema(self) -> None:
         """Create or upgrade the schema (:mod:`phototag.migrations`: the SQL that makes the tables these
         models map); a current index is opened without writing anything."""
+        if self.location.is_server:
+            from phototag.pg_schema import ensure_schema
+
+            ensure_schema(self.engine, Base.metadata)
+            return
         raw = self.engine.raw_connection()
         try:
             conn = raw.driver_connection

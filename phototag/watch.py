@@ -32,6 +32,7 @@ from phototag.daemon_state import DaemonLock, write_state
 from phototag.formats import is_image_path
 from phototag.index import PhotoIndex
 from phototag.metadata import ExifToolSession
+from phototag.pg_lock import writer_lock
 from phototag.pipeline import Pipeline, error_line
 from phototag.planning import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, RETURNED, SYMLINK, Outcome
 from phototag.safe_write import TEMP_MARKER
@@ -183,7 +184,7 @@ class WatchDaemon:
         self.scans_done = 0  # finished scans (catch-up and rescans), shown in the state file
         self.started_at = time.time()
         self._stop = threading.Event()
-        self._lock = lock or DaemonLock(self.db)
+        self._lock = lock or DaemonLock(self.db, writer_lock(settings.index_location(), "phototag watch"))
         self._observer: Any = None
         self._threads: list[threading.Thread] = []
         self._unwatched: list[Path] = []

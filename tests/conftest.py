@@ -33,6 +33,7 @@ from phototag.index import Photo, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.safe_write import TEMP_MARKER
 from phototag.watch import WatchDaemon
+from tests.postgres import pg_database, pg_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 from tests.tiny_blip import build_tiny_blip
 
 REPO = Path(__file__).resolve().parents[1]

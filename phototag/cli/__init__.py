@@ -43,14 +43,15 @@ class LazyGroup(click.Group):
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE|URL",
     envvar="PHOTOTAG_DB",
-    help="Index file (default: ~/.local/share/phototag/index.sqlite3; env PHOTOTAG_DB).",
+    help="The index: a SQLite file (default: ~/.local/share/phototag/index.sqlite3) or a PostgreSQL "
+    "database shared by several machines, postgresql://USER@HOST/DB (env PHOTOTAG_DB; [index] db).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, config: Path | None, db: str | None, verbose: int, quiet: bool) -> None:
     """Caption your photos with BLIP, write the captions into their metadata, and search them.
 
     \b
@@ -58,6 +59,7 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: int,
       phototag backfill ~/Pictures
       phototag search "dog on beach"
       phototag status
+      phototag --db postgresql://photos@nas/phototag search beach
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from phototag.config import ConfigError, Settings, load_settings, override
+from phototag.database import IndexLocation, IndexUnreachable
 
 if TYPE_CHECKING:
     import sqlite3
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from phototag.daemon_state import DaemonLock, WriterLock
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
+    from phototag.pg_lock import PgWriterLock
+    from phototag.pg_search import PgFinder
 
 T = TypeVar("T")
 
@@ -37,7 +40,7 @@ T = TypeVar("T")
 class AppContext:
     """What every command needs: settings resolved lazily, and the resources it opens, closed at its end."""
 
-    def __init__(self, config: Path | None, db: Path | None, quiet: bool = False) -> None:
+    def __init__(self, config: Path | None, db: str | Path | None, quiet: bool = False) -> None:
         self.quiet = quiet  # -q: errors only (no progress line, no summary)
         self._config = config
         self._db = db
@@ -72,15 +75,21 @@ class AppContext:
         if not self.quiet:
             click.echo(message, err=True)
 
+    def location(self) -> IndexLocation:
+        """The index: a SQLite file or a database server (``--db``, ``[index] db``, ``$PHOTOTAG_DB``)."""
+        return self.settings.index_location()
+
     def db_path(self) -> Path:
+        """The SQLite index file; for a server index, the local name of its side files (locks, state)."""
         return self.settings.db_path()
 
     def existing_db(self, otherwise: str) -> Path:
-        """The index file, or stop with ``no index at DB: <otherwise>`` when there is none yet."""
-        db = self.db_path()
-        if not db.exists():
-            raise click.ClickException(f"no index at {db}: {otherwise}")
-        return db
+        """The index file, or stop with ``no index at DB: <otherwise>`` when there is none yet (a server
+        is asked when the index is opened)."""
+        location = self.location()
+        if not location.exists():
+            raise click.ClickException(f"no index at {location}: {otherwise}")
+        return location.path
 
     # -- resources, each closed when the command ends ----------------------------------------------
 
@@ -101,16 +110,23 @@ class AppContext:
     def index(self, path: Path | None = None) -> PhotoIndex:
         """The index (the configured one unless ``path`` is given), opened once and closed at the end."""
         if self._index is None:
-            index = _open_index(path or self.db_path())
+            index = _open_index(IndexLocation(path) if path is not None else self.location())
             self.on_close(index.close)
             self._index = index
         return self._index
 
+    def open_other_index(self, location: IndexLocation) -> PhotoIndex:
+        """Another index than the configured one (a copy's target), closed when the command ends."""
+        index = _open_index(location)
+        self.on_close(index.close)
+        return index
+
     def scratch_index(self) -> PhotoIndex:
         """The configured index if it exists, else a throwaway one (a dry run creates no index)."""
-        db = self.db_path()
-        if not db.exists():
-            db = Path(self.enter(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
+        location = self.location()
+        if location.exists():
+            return self.index()
+        db = Path(self.enter(tempfile.TemporaryDirectory(prefix="phototag-dry-run-"))) / "index.sqlite3"
         return self.index(db)
 
     def search_connection(self) -> sqlite3.Connection:
@@ -120,6 +136,19 @@ class AppContext:
         conn = connect(self.existing_db("run 'phototag backfill PATH' first"))
         self.on_close(conn.close)
         return conn
+
+    def server_finder(self) -> PgFinder:
+        """Search over a PostgreSQL index (psycopg, no SQLAlchemy), its connection closed at the end."""
+        from phototag.pg_search import PgFinder, connect
+
+        try:
+            conn = connect(self.location())
+        except IndexUnreachable as exc:
+            raise click.ClickException(str(exc)) from None
+        except ImportError as exc:
+            raise click.ClickException(f"{exc}: pip install 'phototag[postgres]' to use a PostgreSQL index") from None
+        self.on_close(conn.close)
+        return PgFinder(conn)
 
     def exiftool(self) -> ExifToolSession:
         """The ``[metadata]`` exiftool session, started once; its process ends with the command."""
@@ -138,25 +167,30 @@ class AppContext:
     def lock_index(self, command: str) -> None:
         """Become the index's one writer until the command ends, or stop with one line naming the
         phototag that writes it now (a daemon, another backfill...) and how to stop it."""
-        from phototag.daemon_state import WriterLock
+        from phototag.pg_lock import writer_lock
 
-        self._hold(WriterLock(self.db_path(), command))
+        self._hold(writer_lock(self.location(), command))
 
     def daemon_lock(self) -> DaemonLock:
         """The watch daemon's lock (the writer lock included), held until the command ends."""
         from phototag.daemon_state import DaemonLock
+        from phototag.pg_lock import writer_lock
 
-        lock = DaemonLock(self.db_path())
+        lock = DaemonLock(self.db_path(), writer_lock(self.location(), "phototag watch"))
         self._hold(lock)
         return lock
 
-    def _hold(self, lock: WriterLock | DaemonLock) -> None:
+    def hold_lock(self, lock: WriterLock | PgWriterLock | DaemonLock) -> None:
+        """Take ``lock`` (e.g. another index's writer lock) until the command ends, or stop with one line."""
+        self._hold(lock)
+
+    def _hold(self, lock: WriterLock | PgWriterLock | DaemonLock) -> None:
         """Take ``lock`` until the command ends; who holds it instead, or why it cannot be taken, is one line."""
         from phototag.daemon_state import AlreadyRunning
 
         try:
             lock.acquire()
-        except AlreadyRunning as exc:
+        except (AlreadyRunning, IndexUnreachable) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # e.g. an index folder this user cannot write
             folder = self.db_path().parent
@@ -184,20 +218,28 @@ class AppContext:
         return roots
 
 
-def _open_index(db: Path) -> PhotoIndex:
+def _open_index(db: IndexLocation) -> PhotoIndex:
     """The index, or one clear line (no traceback) when it cannot be opened: a folder this user cannot
-    write, a damaged file, a disk that is full."""
+    write, a damaged file, a disk that is full, a server that is down or refuses us."""
     import sqlite3
 
     from sqlalchemy.exc import SQLAlchemyError
 
     from phototag.index import PhotoIndex
+    from phototag.pg_schema import UnsupportedDatabase
 
     try:
         return PhotoIndex(db)
+    except UnsupportedDatabase as exc:
+        raise click.ClickException(str(exc)) from None
     except (SQLAlchemyError, sqlite3.Error) as exc:
         cause = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"cannot open the index {db}: {cause}") from None
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise click.ClickException(f"cannot open the index {db}: {first}") from None
+    except ImportError as exc:  # e.g. postgresql:// without the [postgres] extra
+        raise click.ClickException(
+            f"cannot open the index {db}: {exc}; pip install 'phototag[postgres]' for PostgreSQL"
+        ) from None
     except OSError as exc:
         raise click.ClickException(f"cannot open the index {db}: {exc.strerror or exc}") from None
 

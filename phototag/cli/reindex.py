@@ -13,6 +13,7 @@ from phototag.cli.options import progress_option
 from phototag.cli.progress import CountProgress
 
 if TYPE_CHECKING:
+    from phototag.database import IndexLocation
     from phototag.index import PhotoIndex
 
 
@@ -23,9 +24,23 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Record taken dates (EXIF DateTimeOriginal, else the file's time before phototag wrote it) where missing.",
 )
+@click.option(
+    "--copy-to",
+    "copy_to",
+    metavar="URL",
+    help="Copy the whole index (captions, statuses, undo data, vectors) into another database, e.g. "
+    "postgresql://USER@HOST/DB, to share it between machines; then use it with --db URL.",
+)
+@click.option(
+    "--replace-target",
+    is_flag=True,
+    help="With --copy-to: replace the photos the target already holds (refused otherwise).",
+)
 @progress_option
 @pass_app
-def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -> None:
+def command(
+    app: AppContext, embeddings: bool, dates: bool, copy_to: str | None, replace_target: bool, no_progress: bool
+) -> None:
     """Bring an existing index up to date without captioning again. With no option: everything.
 
     --embeddings makes search by meaning possible for photos captioned before phototag embedded
@@ -40,7 +55,16 @@ def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -
       phototag reindex --embeddings
       PHOTOTAG_EMBEDDING_MODEL=~/models/all-MiniLM-L6-v2 phototag reindex --embeddings
       phototag reindex --dates
+      phototag reindex --copy-to postgresql://photos@nas.local/phototag
+      phototag --db postgresql://photos@nas.local/phototag status
     """
+    if copy_to is not None:
+        if embeddings or dates:
+            raise click.UsageError("--copy-to copies the index as it is: run --embeddings or --dates on its own")
+        _copy_to(app, copy_to, replace_target, not no_progress and not app.quiet)
+        return
+    if replace_target:
+        raise click.UsageError("--replace-target goes with --copy-to URL")
     if not (embeddings or dates):
         embeddings = dates = True
     settings = app.settings
@@ -55,6 +79,39 @@ def command(app: AppContext, embeddings: bool, dates: bool, no_progress: bool) -
     except KeyboardInterrupt:
         click.echo("\ninterrupted: what was done is saved; run 'phototag reindex' again to go on", err=True)
         sys.exit(130)
+
+
+def _copy_to(app: AppContext, url: str, replace: bool, progress_on: bool) -> None:
+    """Copy the configured index into ``url``, holding both indexes' writer locks meanwhile."""
+    from phototag.config import data_dir
+    from phototag.copy_index import TargetNotEmpty, copy_index, row_count
+    from phototag.database import locate
+    from phototag.pg_lock import writer_lock
+
+    app.existing_db("nothing to copy")
+    source_location = app.location()
+    target_location = locate(url, source_location.path, data_dir())
+    if target_location == source_location:
+        raise click.UsageError(f"--copy-to {target_location} is the index being copied")
+    app.lock_index("phototag reindex --copy-to")
+    app.hold_lock(writer_lock(target_location, "phototag reindex --copy-to (target)"))
+    source = app.index()
+    target = app.open_other_index(target_location)
+    progress = CountProgress("copying rows", row_count(source), progress_on)
+    try:
+        copied = copy_index(source, target, replace=replace, on_batch=progress.advance)
+    except TargetNotEmpty as exc:
+        raise click.ClickException(f"{exc}: --replace-target replaces them with this index's") from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: nothing was copied; {target_location} is as it was", err=True)
+        sys.exit(130)
+    finally:
+        progress.finish()
+    click.echo(
+        f"copied {copied.photos} photos and {copied.vectors} caption vectors to {target_location}; "
+        f"use it with --db {target_location} (or [index] db in the config file)",
+        err=True,
+    )
 
 
 def _embeddings(index: PhotoIndex, model: str, progress_on: bool) -> None:
@@ -73,7 +130,23 @@ def _embeddings(index: PhotoIndex, model: str, progress_on: bool) -> None:
     saved = embed_missing(index, embedder, on_batch=progress.advance)
     progress.finish()
     click.echo(f"embeddings: {saved} captions embedded with {embedder.name}", err=True)
-    _warm_vector_cache(index.path, embedder.name)
+    if index.location.is_server:
+        _warm_server_vector_copy(index.location, embedder.name)
+    else:
+        _warm_vector_cache(index.path, embedder.name)
+
+
+def _warm_server_vector_copy(location: IndexLocation, model: str) -> None:
+    """:func:`_warm_vector_cache` for a PostgreSQL index (this machine's copy of its vectors)."""
+    from phototag.pg_search import PgVectorCopy, connect, vector_copy_dir
+
+    conn = connect(location)
+    try:
+        PgVectorCopy(conn, model, vector_copy_dir(location, model)).sync()
+    except OSError as exc:
+        click.echo(f"embeddings: the search cache could not be written ({exc}); searches will try again", err=True)
+    finally:
+        conn.close()
 
 
 def _warm_vector_cache(db: Path, model: str) -> None:

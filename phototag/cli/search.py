@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from phototag.search import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchErro
 if TYPE_CHECKING:
     import sqlite3
 
+    from phototag.pg_search import PgFinder, PgVectorCopy
     from phototag.query import Query
     from phototag.vectors import VectorStore
 
@@ -130,14 +132,17 @@ def command(
     if not query and not parsed.has_filters:
         raise click.UsageError("nothing to search for: give words, a phrase or a filter")
     settings = app.settings
-    db = settings.db_path()
-    conn = app.search_connection()
-    finder = Finder(conn)
-    mode, store, embed = _semantic_side(conn, db, settings.embedding_model(), parsed, mode)
+    min_similarity = settings.search.min_similarity
+    if settings.index_location().is_server:
+        server = app.server_finder()
+        mode, copy, embed = _semantic_side_server(app, server, settings.embedding_model(), parsed, mode)
+        search = partial(server.search, store=copy)
+    else:
+        conn = app.search_connection()
+        mode, store, embed = _semantic_side(conn, settings.db_path(), settings.embedding_model(), parsed, mode)
+        search = partial(Finder(conn).search, store=store)
     try:
-        found = finder.search(
-            parsed, mode=mode, limit=limit * 2, store=store, embed=embed, min_similarity=settings.search.min_similarity
-        )
+        found = search(parsed, mode=mode, limit=limit * 2, embed=embed, min_similarity=min_similarity)
     except SearchError as exc:
         raise click.ClickException(str(exc)) from None
     hits = [hit for hit in found if os.path.exists(hit.path)][:limit]
@@ -162,9 +167,6 @@ def _semantic_side(
             )
         _hint_other_models(conn, key)
         return KEYWORD, None, None
-    from phototag.embed_socket import default_socket_path
-    from phototag.embeddings import EmbeddingError
-    from phototag.query_encoder import query_vector
     from phototag.search import vectors_cache_dir
     from phototag.vectors import VectorStore
 
@@ -173,6 +175,14 @@ def _semantic_side(
         store.sync()
     except OSError as exc:
         raise click.ClickException(f"cannot keep the vector cache in {store.dir}: {exc}") from None
+    return mode or HYBRID, store, _query_embedder(model)
+
+
+def _query_embedder(model: str) -> Any:
+    """Query text -> unit vector (a running daemon's model, else torch-free, else the model itself)."""
+    from phototag.embed_socket import default_socket_path
+    from phototag.embeddings import EmbeddingError
+    from phototag.query_encoder import query_vector
 
     def embed(text: str) -> Any:
         try:
@@ -180,7 +190,39 @@ def _semantic_side(
         except EmbeddingError as exc:
             raise SearchError(f"{exc} (--mode keyword searches without it)") from None
 
-    return mode or HYBRID, store, embed
+    return embed
+
+
+def _semantic_side_server(
+    app: AppContext, finder: PgFinder, model: str, query: Query, mode: str | None
+) -> tuple[str, PgVectorCopy | None, Any]:
+    """:func:`_semantic_side` for a PostgreSQL index: its vectors, copied to this machine."""
+    from phototag.embeddings import model_id
+
+    key = model_id(model)
+    if mode == KEYWORD or not query.text:
+        return mode or KEYWORD, None, None
+    if not finder.has_vectors(key):
+        if mode in (SEMANTIC, HYBRID):
+            raise click.ClickException(
+                f"the index has no caption embeddings from {key}: run 'phototag reindex --embeddings' first"
+            )
+        others = finder.vector_models()
+        if others:
+            click.echo(
+                f"phototag: caption embeddings in the index are from {', '.join(others)}, not {key}; "
+                "searching by keywords (run 'phototag reindex --embeddings' to search by meaning)",
+                err=True,
+            )
+        return KEYWORD, None, None
+    from phototag.pg_search import PgVectorCopy, vector_copy_dir
+
+    copy = PgVectorCopy(finder.conn, key, vector_copy_dir(app.location(), key))
+    try:
+        copy.sync()
+    except OSError as exc:
+        raise click.ClickException(f"cannot keep the vector cache in {copy.dir}: {exc}") from None
+    return mode or HYBRID, copy, _query_embedder(model)
 
 
 def _hint_other_models(conn: sqlite3.Connection, model: str) -> None:

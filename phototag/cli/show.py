@@ -27,7 +27,7 @@ def command(app: AppContext, path: Path, as_json: bool) -> None:
       phototag show ~/Pictures/IMG_0001.JPG --json | jq .caption
     """
     absolute = os.path.abspath(path.expanduser())
-    row = app.index().get(absolute) if app.db_path().exists() else None
+    row = app.index().get(absolute) if app.location().exists() else None
     if row is None:
         raise click.ClickException(f"{absolute} is not in the index")
     data = row.as_dict()

@@ -35,12 +35,13 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
       phototag status
       phototag status --json
     """
-    db = app.db_path()
-    if not db.exists():
+    db = app.db_path()  # for a server index: the local name of this machine's daemon state
+    location = app.location()
+    if not location.exists():
         if as_json:
-            click.echo(json.dumps({"index": str(db), "exists": False, "daemon": daemon_status(db)}))
+            click.echo(json.dumps({"index": str(location), "exists": False, "daemon": daemon_status(db)}))
         else:
-            click.echo(f"no index yet at {db}: run 'phototag backfill PATH' first")
+            click.echo(f"no index yet at {location}: run 'phototag backfill PATH' first")
         return
     index = app.index()
     counts = index.counts()
@@ -48,7 +49,7 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
     stopped = last_run.read(db) if counts[PENDING] else None  # why photos wait, if a run stopped early
     if as_json:
         data = {
-            "index": str(db),
+            "index": str(location),
             "counts": counts,
             "total": sum(counts.values()),
             "failed": [
@@ -60,7 +61,7 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
         }
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
-    click.echo(f"index: {db}")
+    click.echo(f"index: {location}")
     click.echo(
         f"photos: {sum(counts.values())}  done: {counts[DONE]}  pending: {counts[PENDING]}  "
         f"failed: {counts[FAILED]}  missing: {counts[MISSING]}  restored: {counts[RESTORED]}"

@@ -70,7 +70,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
         ", ".join(map(str, daemon.roots)),
         watch.settle_seconds,
         f"every {watch.rescan_interval:g}s" if watch.rescan_interval else "off",
-        settings.db_path(),
+        settings.index_location(),
     )
     stop = threading.Event()
 
