@@ -12,9 +12,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from click.testing import Result
 
 from phototag.daemon_state import read_state, refusal
 from phototag.database import IndexLocation, locate
-from phototag.index import PhotoIndex
+from phototag.index import Photo, PhotoIndex
 from phototag.migrations import SCHEMA_VERSION
 from tests.conftest import REPO, copy_from_corpus, description, index_rows, start_daemon, wait_until
 from tests.conftest import run_cli as run
@@ -320,3 +322,65 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path, tiny_model: Path) -> 
         assert result.exit_code == 1, result.output
         line = result.output.strip()
         assert "\n" not in line and "cannot" in line and "postgresql://nobody@127.0.0.1:1/none" in line, line
+
+
+# -- moving an existing SQLite index to PostgreSQL ------------------------------------------------------
+
+PHOTO_COLUMNS = [c.name for c in Photo.__table__.columns]
+
+
+def sqlite_table(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return [tuple(row) for row in conn.execute(sql)]
+
+
+@pytest.mark.timeout(900)
+def test_copy_to_postgres_moves_every_row_undo_data_and_vectors(tmp_path: Path, tiny_model: Path, pg_url: str) -> None:
+    lib, db = tmp_path / "lib", tmp_path / "index.sqlite3"
+    photos = copy_from_corpus(PHOTOS, lib)
+    add_broken_photo(lib)
+    originals = {photo: description(photo) for photo in photos}
+    lite = config_for(tmp_path, tiny_model, str(db))
+    assert run(lite, "backfill", str(lib), "--no-progress").exit_code == 0
+    assert run(lite, "restore", str(photos[0]), "--no-progress").exit_code == 0  # restored, undo data kept
+    moved_away = photos[1].read_bytes()
+    photos[1].unlink()
+    assert run(lite, "backfill", str(lib), "--no-progress").exit_code == 0  # missing, undo data kept
+    statuses = {row[0] for row in sqlite_table(db, "SELECT status FROM photos")}
+    assert statuses == {"done", "failed", "missing", "restored"}
+    assert sqlite_table(db, "SELECT count(*) FROM photo_embeddings")[0][0] >= 1
+    assert sqlite_table(db, "SELECT count(*) FROM photos WHERE original_metadata IS NOT NULL")[0][0] >= 2
+
+    copied = run(lite, "reindex", "--copy-to", pg_url, "--no-progress")
+    assert copied.exit_code == 0, copied.output
+    assert f"use it with --db {pg_url}" in copied.output
+
+    columns = ", ".join(PHOTO_COLUMNS)
+    every_photo = f"SELECT {columns} FROM photos ORDER BY id"
+    every_vector = "SELECT seq, photo_id, model, vector FROM photo_embeddings ORDER BY seq"
+    assert pg_rows(pg_url, every_photo) == sqlite_table(db, every_photo)
+    assert [(s, p, m, bytes(v)) for s, p, m, v in pg_rows(pg_url, every_vector)] == sqlite_table(db, every_vector)
+
+    # a target that holds photos is refused, unless told to replace them
+    again = run(lite, "reindex", "--copy-to", pg_url, "--no-progress")
+    assert again.exit_code == 1 and "already holds" in again.output and "--replace-target" in again.output
+    pg_rows(pg_url, "UPDATE photos SET caption = 'changed on the server' WHERE status = 'done'")
+    replaced = run(lite, "reindex", "--copy-to", pg_url, "--replace-target", "--no-progress")
+    assert replaced.exit_code == 0, replaced.output
+    assert pg_rows(pg_url, every_photo) == sqlite_table(db, every_photo)
+    assert [(s, p, m, bytes(v)) for s, p, m, v in pg_rows(pg_url, every_vector)] == sqlite_table(db, every_vector)
+
+    # the copy is the same index: nothing is captioned twice, new photos get new ids, undo works from it
+    pg = config_for(tmp_path / "pg", tiny_model, pg_url)
+    captioned = pg_rows(pg_url, "SELECT path, captioned_at FROM photos ORDER BY path")
+    files = {p: p.read_bytes() for p in lib.iterdir()}
+    photos[1].write_bytes(moved_away)  # back from missing, with its caption
+    copy_from_corpus(["jpg/Canon_PowerShot_S40.jpg"], lib)
+    assert run(pg, "backfill", str(lib), "--no-progress").exit_code == 0
+    after = dict(pg_rows(pg_url, "SELECT path, captioned_at FROM photos"))
+    assert all(after[path] == when for path, when in captioned)
+    assert all(p.read_bytes() == data for p, data in files.items())
+    assert pg_photos(pg_url)[str(photos[1])][0] == "done"
+    assert pg_photos(pg_url)[str(lib / "Canon_PowerShot_S40.jpg")][0] == "done"
+    assert run(pg, "restore", str(photos[2]), "--no-progress").exit_code == 0
+    assert description(photos[2]) == originals[photos[2]]
