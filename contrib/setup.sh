@@ -143,8 +143,8 @@ fi
 
 # -- phototag ----------------------------------------------------------------------------------------
 if [ "$mode" = test ]; then
-  say "installing phototag (editable) with the test tools"
-  "${pip[@]}" install -e "$REPO[test]"
+  say "installing phototag (editable) with the test tools and the [postgres] extra"
+  "${pip[@]}" install -e "$REPO[test,postgres]"
 else
   say "installing phototag"
   "${pip[@]}" install "$REPO"

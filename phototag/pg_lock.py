@@ -19,7 +19,7 @@ from phototag.daemon_state import AlreadyRunning, WriterLock, refusal
 from phototag.database import IndexLocation, IndexUnreachable
 
 # The granted advisory lock on WRITER_LOCK_KEY in this database, and who wrote that they hold it.
-_HOLDER = """SELECT w.host, w.pid, w.command FROM pg_locks l
+_HOLDER = """SELECT w.host, w.pid, w.command, w.since FROM pg_locks l
     LEFT JOIN phototag_writer w ON w.backend_pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -142,3 +142,19 @@ def writer_lock(location: IndexLocation, command: str) -> WriterLock | PgWriterL
     if location.is_server:
         return PgWriterLock(location, command)
     return WriterLock(location.path, command)
+
+
+def current_writer(engine: Any) -> dict[str, Any] | None:
+    """Who writes the PostgreSQL index now, from any machine (host, pid, command, since), or None:
+    what ``phototag status`` on a laptop says about the daemon on the NAS."""
+    from sqlalchemy import text
+
+    from phototag.pg_schema import WRITER_LOCK_KEY
+
+    with engine.connect() as conn:
+        if conn.exec_driver_sql("SELECT to_regclass('phototag_writer')").scalar() is None:
+            return None
+        row = conn.execute(text(_HOLDER), {"key": WRITER_LOCK_KEY}).first()
+    if row is None:
+        return None
+    return {"host": row[0], "pid": row[1], "command": row[2] or "another phototag", "since": row[3]}

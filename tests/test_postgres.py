@@ -268,8 +268,12 @@ def test_watch_daemon_writes_postgres_and_keeps_other_writers_out(
     assert second.returncode == 1 and f"phototag watch (pid {daemon.pid}) is already running" in second.stderr
     status = json.loads(run(config, "status", "--json").output)
     assert status["daemon"]["running"] and status["counts"]["done"] == 1
+    # any machine's status names the writer, from the server
+    assert status["writer"]["pid"] == daemon.pid and status["writer"]["command"] == "phototag watch"
+    assert f"writer: phototag watch (pid {daemon.pid} on " in run(config, "status").output
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0, log.read_text()
+    assert json.loads(run(config, "status", "--json").output)["writer"] is None
     assert run(config, "backfill", str(lib), "--no-progress").exit_code == 0  # the lock went with it
 
 

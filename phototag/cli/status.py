@@ -47,6 +47,11 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
     counts = index.counts()
     failed = index.failures(limit=failures or None)
     stopped = last_run.read(db) if counts[PENDING] else None  # why photos wait, if a run stopped early
+    writer = None
+    if location.is_server:  # a shared index: its writer may run on another machine
+        from phototag.pg_lock import current_writer
+
+        writer = current_writer(index.engine)
     if as_json:
         data = {
             "index": str(location),
@@ -59,6 +64,8 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "daemon": daemon_status(db),
             "last_run_error": stopped,
         }
+        if location.is_server:
+            data["writer"] = writer
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(f"index: {location}")
@@ -77,6 +84,13 @@ def command(app: AppContext, as_json: bool, failures: int) -> None:
             "kept until they come back or 'phototag prune' forgets them"
         )
     click.echo(_daemon_line(daemon_status(db)))
+    if location.is_server:
+        if writer is None:
+            click.echo("writer: none (no phototag writes this index now, on any machine)")
+        else:
+            click.echo(
+                f"writer: {writer['command']} (pid {writer['pid']} on {writer['host']}, since {_when(writer['since'])})"
+            )
     if failed:
         click.echo("failed:")
         for row in failed:
