@@ -7,6 +7,7 @@ Real components: a PostgreSQL server (tests.postgres), real SQLite files, the re
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -255,3 +256,6 @@ def test_keyword_search_on_postgres_imports_nothing_heavy(indexes: tuple[Path, s
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.stderr.strip().splitlines()[-1] == "exit 0 []", done.stderr
+    # a shared index lists photos this machine does not see (they live on the NAS)
+    found = {json.loads(line)["path"] for line in done.stdout.splitlines()}
+    assert found == {"/lib/2023/dog.jpg", "/lib/2024/dog2.jpg", "/lib/2024x/dog3.jpg", "/lib/undated.jpg"}

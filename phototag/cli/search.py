@@ -145,7 +145,11 @@ def command(
         found = search(parsed, mode=mode, limit=limit * 2, embed=embed, min_similarity=min_similarity)
     except SearchError as exc:
         raise click.ClickException(str(exc)) from None
-    hits = [hit for hit in found if os.path.exists(hit.path)][:limit]
+    if settings.index_location().is_server:
+        # a shared index lists photos of every machine: one not mounted here is still a match
+        hits = found[:limit]
+    else:
+        hits = [hit for hit in found if os.path.exists(hit.path)][:limit]
     _print(hits, fmt)
     if html_file is not None or open_sheet:
         _contact_sheet(app, hits, html_file, text, mode, open_sheet)
