@@ -1,4 +1,7 @@
-"""The SQLite index: one row per photo, FTS5 over captions, and the queries the CLI needs.
+"""The index: one row per photo, FTS5 over captions, and the queries the CLI needs.
+
+A SQLite file by default; a PostgreSQL database shared by several machines when the index is a URL
+(:mod:`phototag.database`): the same models and queries, its schema made by :mod:`phototag.pg_schema`.
 
 The index is also the persistent work queue: a photo is ``pending`` until its metadata write has
 succeeded, then ``done`` (or ``failed`` with a one-line reason); ``restored`` once ``phototag restore``

@@ -388,3 +388,17 @@ def test_copy_to_postgres_moves_every_row_undo_data_and_vectors(tmp_path: Path, 
     assert pg_photos(pg_url)[str(lib / "Canon_PowerShot_S40.jpg")][0] == "done"
     assert run(pg, "restore", str(photos[2]), "--no-progress").exit_code == 0
     assert description(photos[2]) == originals[photos[2]]
+
+
+def test_a_db_setting_names_a_file_or_a_server(tmp_path: Path) -> None:
+    assert locate("", tmp_path / "default.sqlite3", tmp_path) == IndexLocation(tmp_path / "default.sqlite3")
+    assert locate("~/x.sqlite3", tmp_path, tmp_path).path == Path("~/x.sqlite3").expanduser()
+    nas = locate("postgresql://photos:secret@nas.local/phototag", tmp_path, tmp_path)
+    assert nas.is_server and nas.dialect == "postgresql"
+    assert nas.engine_url() == "postgresql+psycopg://photos:secret@nas.local/phototag"
+    assert str(nas) == "postgresql://photos:***@nas.local/phototag"  # never print a password
+    assert "secret" not in str(nas.path) and nas.path.parent == tmp_path / "servers"
+    other = locate("postgresql://photos@nas.local/archive", tmp_path, tmp_path)
+    assert other.path != nas.path  # two servers never share side files
+    assert locate("postgres:///db", tmp_path, tmp_path).engine_url() == "postgresql+psycopg:///db"
+    assert locate("postgresql+psycopg2://h/db", tmp_path, tmp_path).engine_url() == "postgresql+psycopg2://h/db"
