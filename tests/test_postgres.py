@@ -402,3 +402,48 @@ def test_a_db_setting_names_a_file_or_a_server(tmp_path: Path) -> None:
     assert other.path != nas.path  # two servers never share side files
     assert locate("postgres:///db", tmp_path, tmp_path).engine_url() == "postgresql+psycopg:///db"
     assert locate("postgresql+psycopg2://h/db", tmp_path, tmp_path).engine_url() == "postgresql+psycopg2://h/db"
+
+
+@pytest.mark.timeout(900)
+def test_kill_9_mid_backfill_then_resume_on_postgres(
+    tmp_path: Path, tiny_model: Path, pg_url: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    lib = tmp_path / "lib"
+    small = [f"jpg/gps/DSCN00{n}.jpg" for n in ("10", "12", "21", "25", "27", "29", "38", "40", "42")]
+    for i in range(2):  # 18 photos
+        copy_from_corpus(small, lib / f"set{i}")
+    config = config_for(tmp_path, tiny_model, pg_url)
+    config.write_text(config.read_text().replace("batch_size = 4", "batch_size = 1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phototag", "--config", str(config), "backfill", str(lib), "--no-progress"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    procs.append(proc)
+
+    def done() -> dict[str, str]:
+        assert proc.poll() is None, f"the backfill ended (exit {proc.returncode}) before it was killed"
+        import psycopg
+
+        try:
+            return dict(pg_rows(pg_url, "SELECT path, caption FROM photos WHERE status = 'done'"))
+        except psycopg.errors.UndefinedTable:  # the schema is being made
+            return {}
+
+    wait_until(lambda: len(done()) >= 4, timeout=300, what="4 captions in PostgreSQL")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    before = dict(pg_rows(pg_url, "SELECT path, caption FROM photos WHERE status = 'done'"))
+    mtimes = {path: Path(path).stat().st_mtime_ns for path in before}
+
+    # the server dropped the dead writer's lock: the rerun is not refused, and finishes the rest only
+    rerun = run(config, "backfill", str(lib), "--no-progress")
+    assert rerun.exit_code == 0, rerun.output
+    after = pg_photos(pg_url)
+    assert len(after) == 18 and {row[0] for row in after.values()} == {"done"}
+    assert {path: after[path][1] for path in before} == before
+    assert {path: Path(path).stat().st_mtime_ns for path in before} == mtimes
+    for path, row in after.items():
+        assert description(Path(path)) == row[1]
