@@ -50,6 +50,11 @@ def command(
     where the index does not know it, the photo is left without a date). Both resume where they
     stopped. Refused while `phototag watch` or another writing phototag runs on the index.
 
+    --copy-to URL copies the whole index as it is (statuses, captions, undo data, vectors) into another
+    database, such as a PostgreSQL one several machines share; in one transaction, so an interrupted
+    copy leaves the target as it was. A target that already holds photos is refused unless
+    --replace-target is given.
+
     \b
     Examples:
       phototag reindex --embeddings
