@@ -92,10 +92,38 @@ class IndexSettings:
     db: str = ""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's CPU set), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+# Stages that scale with the cores take one worker per core, and at least two: one waits on exiftool
+# (a process of its own) while the other runs Python.
+MIN_AUTO_WORKERS = 2
+MAX_EXIFTOOL_PROCESSES = 64
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
-    decode_workers: int = 2
+    decode_workers: int = 0  # 0: one per core (at least 2)
     queue_batches: int = 3
+    exiftool_processes: int = 0  # 0: one per core (at least 2)
+
+    def workers(self, configured: int) -> int:
+        return configured if configured > 0 else max(MIN_AUTO_WORKERS, usable_cores())
+
+    @property
+    def effective_decode_workers(self) -> int:
+        """Threads that plan, decode and preprocess photos."""
+        return self.workers(self.decode_workers)
+
+    @property
+    def effective_exiftool_processes(self) -> int:
+        """exiftool processes a session may run at once; the pipeline writes on as many threads."""
+        return self.workers(self.exiftool_processes)
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+_WHOLE_NUMBERS = frozenset({"pipeline.decode_workers", "pipeline.exiftool_processes", "pipeline.queue_batches"})
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     if key == "model.draft_decode":
         if value != "auto" and not isinstance(value, bool):
@@ -165,6 +196,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if value < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        if key in _WHOLE_NUMBERS and value != int(value):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if key == "pipeline.exiftool_processes" and value > MAX_EXIFTOOL_PROCESSES:
+            raise ConfigError(f"{key}: at most {MAX_EXIFTOOL_PROCESSES} (0: one per core), got {value!r}")
         return type(default)(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

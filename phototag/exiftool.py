@@ -1,11 +1,13 @@
-"""The exiftool process: one long-running ``exiftool -stay_open`` child and its small protocol.
+"""The exiftool processes: long-running ``exiftool -stay_open`` children, their small protocol, a pool.
 
-phototag talks to ExifTool through a single process per session, started with ``-stay_open True
+phototag talks to ExifTool through long-running processes (:class:`ExifTool`), started with ``-stay_open True
 -@ -``: each command is written to its stdin as one argument per line, ended by ``-executeN``;
 exiftool answers on stdout up to ``{readyN}``, and ``-echo4`` puts the exit status on stderr after
 its messages. The protocol is a few dozen lines, so phototag owns it (no library's private reader to
 patch): end-of-file on either pipe means exiftool died, which fails that call, and the next call
-starts a fresh exiftool.
+starts a fresh exiftool. One process answers one call at a time, so a session keeps a pool of them
+(:class:`ExifToolPool`, one per core by default): each read or write borrows one for its whole
+duration, and the pool starts another only when all are busy.
 
 exiftool runs in its own session (a terminal's Ctrl-C reaches phototag alone, which then finishes the
 photo in flight) and, on Linux, gets SIGTERM when phototag dies. File names reach it as the file
@@ -23,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -30,8 +33,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +192,46 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class _Launcher:
+    """Starts child processes from one long-lived thread.
+
+    Linux sends the parent-death signal (``PR_SET_PDEATHSIG``) when the *thread* that started a child
+    ends, not its process: an exiftool started (or restarted) by a pipeline's worker thread would get
+    SIGTERM when that thread ends, while another thread still uses it. The main thread lives as long
+    as the process, so it starts its own; any other thread asks this launcher's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
+        self._pid = 0
+
+    def call(self, start: Callable[[], Any]) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return start()
+        with self._lock:
+            if self._jobs is None or self._pid != os.getpid():  # none yet, or this is a forked child
+                self._jobs, self._pid = queue.SimpleQueue(), os.getpid()
+                threading.Thread(
+                    target=self._serve, args=(self._jobs,), name="phototag-exiftool-launcher", daemon=True
+                ).start()
+            jobs = self._jobs
+        future: Future[Any] = Future()
+        jobs.put((start, future))
+        return future.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:
+            start, future = jobs.get()
+            try:
+                future.set_result(start())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                future.set_exception(exc)
+
+
+_LAUNCHER = _Launcher()
+
+
 def _read_until_marker(fd: int, marker: bytes) -> bytes:
     """Read exiftool's output up to ``marker``, raising OSError when the pipe closes.
 
@@ -237,14 +283,16 @@ class ExifTool:
         command = [self.executable, "-stay_open", "True", "-@", "-", "-common_args", *COMMON_ARGS]
         preexec: Callable[[], None] | None = _die_with_parent if sys.platform.startswith("linux") else None
         try:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                # its own session: a terminal's Ctrl-C would otherwise kill exiftool mid-write too
-                start_new_session=True,
-                preexec_fn=preexec,
+            self._process = _LAUNCHER.call(
+                lambda: subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    # its own session: a terminal's Ctrl-C would otherwise kill exiftool mid-write too
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
             )
             self._execute(["-ver"])  # a first answer: it runs, and speaks the protocol
         except (OSError, ValueError) as exc:
@@ -337,3 +385,79 @@ class ExifTool:
         if len(records) != len(paths):
             raise MetadataError(f"{paths[0].name}: exiftool could not read it ({one_line(stderr)})")
         return [merge_copies(r) for r in records] if everything else records
+
+
+class ExifToolPool:
+    """Up to ``size`` exiftool processes for the threads of one session; thread-safe.
+
+    :meth:`borrow` lends a process for one unit of work (a read, or a whole safe write: its edit and
+    verify read). The first process starts at once (a missing exiftool is a clear error before any
+    photo), the others only when every started one is busy, so a command that reads one photo at a
+    time keeps one process. An idle process is lent lowest-started first: ``primary`` serves a
+    single-threaded caller every time."""
+
+    def __init__(self, executable: str | None = None, size: int = 1) -> None:
+        self.size = max(1, size)
+        self.primary = ExifTool(executable)
+        self.executable = self.primary.executable
+        self._started: list[ExifTool] = [self.primary]
+        self._idle: list[ExifTool] = [self.primary]
+        self._starting = 0
+        self._closed = False
+        self._changed = threading.Condition()
+
+    @property
+    def processes(self) -> list[ExifTool]:
+        """The processes started so far (each restarts itself if its exiftool died)."""
+        with self._changed:
+            return list(self._started)
+
+    @contextmanager
+    def borrow(self) -> Iterator[ExifTool]:
+        """One exiftool process, this caller's alone until the block ends. Never borrow twice at once in
+        one thread: with every process lent, the second borrow would wait for the first."""
+        tool = self._take()
+        try:
+            yield tool
+        finally:
+            with self._changed:
+                self._idle.append(tool)
+                self._idle.sort(key=self._started.index)
+                self._changed.notify()
+
+    def _take(self) -> ExifTool:
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise MetadataError("exiftool session is closed")
+                if self._idle:
+                    return self._idle.pop(0)
+                if len(self._started) + self._starting < self.size:
+                    self._starting += 1
+                    break
+                self._changed.wait()
+        try:  # started outside the lock: the others keep lending meanwhile
+            tool = ExifTool(self.executable)
+        except MetadataError as exc:  # one exiftool ran already: not this photo's fault
+            with self._changed:
+                self._starting -= 1
+                self._changed.notify()
+            raise MetadataError(str(exc), transient=True) from exc
+        with self._changed:
+            self._starting -= 1
+            closed = self._closed
+            if not closed:
+                self._started.append(tool)
+        if closed:
+            tool.close()
+            raise MetadataError("exiftool session is closed")
+        return tool
+
+    def close(self) -> None:
+        """Stop every process (one in use finishes its call first)."""
+        with self._changed:
+            self._closed = True
+            started = list(self._started)
+            self._changed.notify_all()
+        for tool in started:
+            tool.close()

@@ -1,8 +1,12 @@
 """Photo metadata: read a photo's existing caption, write a new one safely, restore the old one.
 
 The one room the rest of phototag calls to touch photo files: :class:`ExifToolSession`, built from the
-``[metadata]`` settings. Everything goes through a single long-running exiftool process
-(:mod:`phototag.exiftool`); nothing re-encodes an image. The work is done in the rooms beside it:
+``[metadata]`` settings. Everything goes through long-running exiftool processes, a pool of them
+(:mod:`phototag.exiftool`), so reads and writes of different photos run side by side; two writes of
+one file (a photo, or a sidecar two photos share) never do. Nothing re-encodes an image. A read made
+to plan a photo (:meth:`ExifToolSession.snapshot`) serves its write while the photo and its sidecar
+are unchanged (same inode, size, mtime and ctime); else the write reads them again. The work is
+done in the rooms beside it:
 
 * :mod:`phototag.mwg`: which tags hold descriptions and keywords, what a read believes, junk
   descriptions, and the arguments that embed a caption;
@@ -20,13 +24,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from phototag.exiftool import ExifTool, MetadataError
+from phototag.exiftool import ExifTool, ExifToolPool, MetadataError
 from phototag.mwg import (
     IF_PRESENT_TAGS,
     OWNED_TAGS,
@@ -65,13 +71,64 @@ class WriteResult:
     fallback_reason: str | None = None  # why an embed fell back to a sidecar
 
 
+Stamp = tuple[int, int, int, int, int]  # a file's device, inode, size, mtime and ctime (ns)
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """What tells a file changed since it was read (None: no such file)."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class MetadataSnapshot:
+    """A photo's metadata as one read found it (and its sidecar's), with both files' stamps taken
+    before that read: a write reuses it only while the stamps still match."""
+
+    photo: Path
+    sidecar: Path
+    file_tags: Mapping[str, object]
+    sidecar_tags: Mapping[str, object] | None
+    existing: ExistingMetadata
+    stamps: tuple[Stamp | None, Stamp | None]
+
+    def current(self) -> bool:
+        return (file_stamp(self.photo), file_stamp(self.sidecar)) == self.stamps
+
+
+class _FileLocks:
+    """Files being written: a write waits until none of its files (photo, sidecar) is another's."""
+
+    def __init__(self) -> None:
+        self._busy: set[str] = set()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, *paths: Path) -> Iterator[None]:
+        keys = {os.path.abspath(path) for path in paths}
+        with self._changed:
+            while self._busy & keys:
+                self._changed.wait()
+            self._busy |= keys
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= keys
+                self._changed.notify_all()
+
+
 class ExifToolSession:
-    """Read, write and restore photos' captions through one exiftool process; thread-safe.
+    """Read, write and restore photos' captions through a pool of exiftool processes; thread-safe.
 
     ``mode``: "embed" writes into the photo (RAW and refused formats get a sidecar), "sidecar" never
     touches originals, "both" embeds and writes the sidecar. ``sidecar_naming``: see :func:`sidecar_for`.
     ``keep_mtime``: a photo written into keeps its modification time (off by default: backup tools,
-    sync clients and file watchers rely on the mtime to notice a changed file).
+    sync clients and file watchers rely on the mtime to notice a changed file). ``processes``: how
+    many exiftool processes may run at once (``[pipeline] exiftool_processes``; started as needed).
     """
 
     def __init__(
@@ -81,6 +138,7 @@ class ExifToolSession:
         sidecar_naming: str = "ext",
         mode: str = "embed",
         keep_mtime: bool = False,
+        processes: int = 1,
     ) -> None:
         if sidecar_naming not in SIDECAR_NAMINGS:
             raise ValueError(f"sidecar_naming must be one of {SIDECAR_NAMINGS}, not {sidecar_naming!r}")
@@ -89,18 +147,25 @@ class ExifToolSession:
         self.sidecar_naming = sidecar_naming
         self.mode = mode
         self.keep_mtime = keep_mtime
-        self.exiftool = ExifTool(executable)
-        self.executable = self.exiftool.executable
-        self._lock = self.exiftool.lock  # one lock: a write's reads, edit and check are one unit
+        self.pool = ExifToolPool(executable, processes)
+        self.exiftool: ExifTool = self.pool.primary  # the one a single-threaded caller always gets
+        self.executable = self.pool.executable
+        self._writing = _FileLocks()
+
+    @property
+    def processes(self) -> int:
+        """How many exiftool processes may run at once."""
+        return self.pool.size
 
     @classmethod
-    def from_settings(cls, settings: MetadataSettings) -> ExifToolSession:
+    def from_settings(cls, settings: MetadataSettings, processes: int = 1) -> ExifToolSession:
         """The session the ``[metadata]`` config asks for (every command that writes uses this)."""
         return cls(
             settings.exiftool or None,
             sidecar_naming=settings.sidecar_naming,
             mode=settings.mode,
             keep_mtime=settings.keep_mtime,
+            processes=processes,
         )
 
     def sidecar_for(self, photo: Path) -> Path:
@@ -109,7 +174,7 @@ class ExifToolSession:
     # -- the exiftool process -----------------------------------------------------------------------
 
     def close(self) -> None:
-        self.exiftool.close()
+        self.pool.close()
 
     def __enter__(self) -> ExifToolSession:
         return self
@@ -126,14 +191,16 @@ class ExifToolSession:
             pass
 
     def version(self) -> str:
-        return self.exiftool.version()
+        with self.pool.borrow() as tool:
+            return tool.version()
 
     # -- reading ----------------------------------------------------------------------------------------
 
     def preview(self, photo: Path) -> bytes | None:
         """The largest embedded JPEG preview of a RAW file (what cameras show), or None."""
         tags = ["-JpgFromRaw", "-PreviewImage", "-OtherImage", "-ThumbnailImage"]
-        stdout, _, _ = self.exiftool.run(["-j", "-b", *tags, self.exiftool.arg(Path(photo))])
+        with self.pool.borrow() as tool:
+            stdout, _, _ = tool.run(["-j", "-b", *tags, tool.arg(Path(photo))])
         try:
             record = (json.loads(stdout) if stdout.strip() else [{}])[0]
         except (json.JSONDecodeError, IndexError):
@@ -149,16 +216,24 @@ class ExifToolSession:
 
     def read(self, photo: Path) -> ExistingMetadata:
         """Existing description, keywords and raw owned values of ``photo`` (and its sidecar): one call."""
-        photo = Path(photo)
-        file_tags, sidecar_tags = self._read_owned(photo)
-        return existing_metadata(photo, file_tags, self.sidecar_for(photo), sidecar_tags)
+        return self.snapshot(photo).existing
 
-    def _read_owned(self, photo: Path) -> tuple[dict, dict | None]:
+    def snapshot(self, photo: Path) -> MetadataSnapshot:
+        """:meth:`read`, kept with the files' stamps, so the photo's write can reuse it (one call)."""
+        photo = Path(photo)
+        sidecar = self.sidecar_for(photo)
+        stamps = (file_stamp(photo), file_stamp(sidecar))  # before the read: a change during it shows
+        with self.pool.borrow() as tool:
+            file_tags, sidecar_tags = self._read_owned(tool, photo)
+        existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
+        return MetadataSnapshot(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
+
+    def _read_owned(self, tool: ExifTool, photo: Path) -> tuple[dict, dict | None]:
         if not photo.is_file():
             raise MetadataError(f"{photo}: no such file")
         sidecar = self.sidecar_for(photo)
         paths = [photo, sidecar] if sidecar.is_file() else [photo]
-        records = self.exiftool.read_json(paths, READ_TAGS)
+        records = tool.read_json(paths, READ_TAGS)
         file_tags = records[0]
         check_image(photo, file_tags)
         sidecar_tags = None
@@ -168,10 +243,14 @@ class ExifToolSession:
 
     # -- writing ----------------------------------------------------------------------------------------
 
-    def write(self, photo: Path, caption: str, keywords: Sequence[str] = ()) -> WriteResult:
+    def write(
+        self, photo: Path, caption: str, keywords: Sequence[str] = (), *, snapshot: MetadataSnapshot | None = None
+    ) -> WriteResult:
         """Write ``caption`` (and merge ``keywords``) into ``photo`` or its sidecar, per the session mode.
 
-        Raises MetadataError (one line) on failure; the photo is then byte-identical to before.
+        ``snapshot``: the read that planned this write; used instead of reading again while the photo
+        and its sidecar are unchanged since. Raises MetadataError (one line) on failure; the photo is
+        then byte-identical to before.
         """
         caption = normalize_caption(caption)
         wanted = normalize_keywords(keywords)
@@ -180,25 +259,31 @@ class ExifToolSession:
             # The target may lie outside every folder phototag was given; replacing the link would
             # turn it into a copy. The pipeline skips links before they get here.
             raise MetadataError(f"{photo}: a symbolic link; phototag never writes through a link")
-        with self._lock:
-            file_tags, sidecar_tags = self._read_owned(photo)
+        # the file lock before the process: a write waiting for its photo holds no exiftool
+        with self._writing.hold(photo, self.sidecar_for(photo)), self.pool.borrow() as tool:
+            if snapshot is not None and snapshot.photo == photo and snapshot.current():
+                file_tags, sidecar_tags = dict(snapshot.file_tags), snapshot.sidecar_tags
+            else:
+                file_tags, sidecar_tags = self._read_owned(tool, photo)
             existing_keywords = choose_keywords(file_tags)
             if self.mode == "sidecar" or is_raw(photo):
-                return self._write_sidecar(photo, caption, wanted, existing_keywords, sidecar_tags)
+                return self._write_sidecar(tool, photo, caption, wanted, existing_keywords, sidecar_tags)
             # "both" writes the sidecar first, so a failure after the photo changed cannot happen
             side = None
             if self.mode == "both":
-                side = self._write_sidecar(photo, caption, wanted, existing_keywords, sidecar_tags)
+                side = self._write_sidecar(tool, photo, caption, wanted, existing_keywords, sidecar_tags)
             try:
-                self._embed(photo, caption, wanted, file_tags)
+                self._embed(tool, photo, caption, wanted, file_tags)
             except _Unwritable as exc:
                 reason = f"{photo.name}: {exc}"
                 if side is None:
-                    side = self._write_sidecar(photo, caption, wanted, existing_keywords, sidecar_tags)
+                    side = self._write_sidecar(tool, photo, caption, wanted, existing_keywords, sidecar_tags)
                 return WriteResult("sidecar", side.target, fallback_reason=reason)
             return WriteResult("embedded", photo, also_written=(side.target,) if side else ())
 
-    def _embed(self, photo: Path, caption: str, keywords: list[str], tags: Mapping[str, object]) -> None:
+    def _embed(
+        self, tool: ExifTool, photo: Path, caption: str, keywords: list[str], tags: Mapping[str, object]
+    ) -> None:
         info = os.stat(photo)
         if not os.access(photo, os.W_OK) or not info.st_mode & 0o222:
             raise _Unwritable("the photo is read-only")
@@ -218,10 +303,11 @@ class ExifToolSession:
                 return "writing would change other tags: " + "; ".join(changed[:3])
             return None
 
-        safe_edit(self.exiftool, photo, args, check, rejected=_Unwritable, keep_mtime=self.keep_mtime)
+        safe_edit(tool, photo, args, check, rejected=_Unwritable, keep_mtime=self.keep_mtime)
 
     def _write_sidecar(
         self,
+        tool: ExifTool,
         photo: Path,
         caption: str,
         keywords: list[str],
@@ -229,7 +315,7 @@ class ExifToolSession:
         sidecar_tags: Mapping[str, object] | None,
     ) -> WriteResult:
         target = self.sidecar_for(photo)
-        write_sidecar(self.exiftool, target, photo, caption, keywords, photo_keywords, sidecar_tags)
+        write_sidecar(tool, target, photo, caption, keywords, photo_keywords, sidecar_tags)
         return WriteResult("sidecar", target)
 
     # -- restoring --------------------------------------------------------------------------------------
@@ -249,13 +335,13 @@ class ExifToolSession:
             photo = photo.resolve()
         file_part = as_mapping(original.get("file"))
         side_part = as_mapping(original.get("sidecar"))
-        with self._lock:
+        side = recorded_sidecar(photo, file_part, side_part)
+        with self._writing.hold(photo, *([side] if side is not None else [])), self.pool.borrow() as tool:
             if not photo.is_file():
                 raise MetadataError(f"{photo}: no such file")
             restored = False
             if file_part.get("tags") is not None:
                 tags, state = as_mapping(file_part["tags"]), as_mapping(file_part.get("state"))
-                restored = restore_photo(self.exiftool, photo, tags, state, keep_mtime=self.keep_mtime)
-            side = recorded_sidecar(photo, file_part, side_part)
-            action = restore_sidecar(self.exiftool, side, side_part) if side is not None else None
+                restored = restore_photo(tool, photo, tags, state, keep_mtime=self.keep_mtime)
+            action = restore_sidecar(tool, side, side_part) if side is not None else None
         return RestoreResult(restored, action, side if action else None)

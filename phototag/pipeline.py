@@ -5,10 +5,13 @@ owns the threads, the queues between them and shutdown; the stages themselves li
 :mod:`phototag.planning` (what a photo needs) and :mod:`phototag.stages` (what changes on disk and
 in the index). Threads:
 
-- ``decode`` (a few): plan a photo (a :class:`~phototag.planning.Decision`), hand it to the record
-  stage, and decode and preprocess the photos that need the model;
+- ``decode`` (one per core by default, ``[pipeline] decode_workers``): plan a photo (a
+  :class:`~phototag.planning.Decision`), hand it to the record stage, and decode and preprocess the
+  photos that need the model;
 - ``caption`` (one): holds the model (loaded when the first photo needs it), batches what is queued;
-- ``write`` (one): the write stage, metadata through exiftool (safe write);
+- ``write`` (one per exiftool process of the session, ``[pipeline] exiftool_processes``): the write
+  stage, metadata through exiftool (safe write), side by side; a photo is in the pipeline once at a
+  time (the in-flight set is per path), so two writes of one photo never overlap;
 - ``index`` (one): the only thread writing the index, committing in batches (:class:`IndexWriter`);
 - ``embed`` (one, with ``[search] embeddings``): embeds indexed captions for search by meaning.
 
@@ -67,6 +70,9 @@ _STOP = object()
 # Longest wait for a batch to fill while photos are still being decoded (the first batch of a run, or
 # a GPU that outpaces decoding); a lone photo (the watch daemon) never waits.
 BATCH_FILL_WAIT_S = 1.0
+# Tasks a write thread takes at once: enough to index them in one go, few enough that the other write
+# threads get their share.
+WRITE_GATHER = 8
 
 
 class RunError(Exception):
@@ -127,7 +133,10 @@ class Pipeline:
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.captioner: Captioner | None = None
         self.error: BaseException | None = None
-        self._decode_workers = max(1, settings.pipeline.decode_workers)
+        self._decode_workers = settings.pipeline.effective_decode_workers
+        self._write_threads = max(1, exiftool.processes)
+        self._writers_left = self._write_threads
+        self._writes_ended = threading.Event()  # the caption stage sent its last batch
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._to_model: queue.Queue[Any] = queue.Queue()
         self._to_writer: queue.Queue[Any] = queue.Queue()
@@ -145,7 +154,10 @@ class Pipeline:
             for i in range(self._decode_workers)
         ]
         self._threads.append(threading.Thread(target=self._caption_loop, name="phototag-caption", daemon=True))
-        self._threads.append(threading.Thread(target=self._write_loop, name="phototag-write", daemon=True))
+        self._threads += [
+            threading.Thread(target=self._write_loop, name=f"phototag-write-{i}", daemon=True)
+            for i in range(self._write_threads)
+        ]
         # the side-effect stages: a dry run swaps them for reporting ones and writes no index
         self.embeddings: EmbedWorker | None = None
         self._index_writer: IndexWriter | None = None
@@ -433,7 +445,11 @@ class Pipeline:
         try:
             self._write_until_stop()
         finally:
-            if self._index_writer is not None:
+            with self._workers_lock:
+                self._writers_left -= 1
+                last = self._writers_left == 0
+            # the last write thread to end tells the index thread (and through it the embed thread)
+            if last and self._index_writer is not None:
                 if self.embeddings is not None:
                     # after the last result is committed (and its captions queued): embed them, then end
                     self._index_writer.put(IndexJob(lambda session: [], after_commit=self.embeddings.close))
@@ -441,18 +457,24 @@ class Pipeline:
 
     def _write_until_stop(self) -> None:
         while True:
-            item = self._to_writer.get()
+            try:
+                item = self._to_writer.get(timeout=0.2)
+            except queue.Empty:
+                if self._writes_ended.is_set():
+                    return
+                continue
             if item is _STOP:
-                break
+                self._writes_ended.set()  # for every write thread: the caption stage sent one marker
+                continue
             tasks: list[Task] = list(item)
-            while len(tasks) < 64:  # gather what is ready, to write and index in batches
+            while len(tasks) < WRITE_GATHER:  # gather what is ready, to index in batches
                 try:
                     more = self._to_writer.get_nowait()
                 except queue.Empty:
                     break
                 if more is _STOP:
-                    self._write(tasks)
-                    return
+                    self._writes_ended.set()
+                    break
                 tasks.extend(more)
             self._write(tasks)
 

@@ -37,7 +37,7 @@ from phototag.index import (
     Photo,
     PhotoIndex,
 )
-from phototag.metadata import ExifToolSession
+from phototag.metadata import ExifToolSession, MetadataSnapshot
 from phototag.mwg import ExistingMetadata
 
 # Outcome kinds reported to the caller.
@@ -77,6 +77,7 @@ class Task:
     transient: bool = False  # the failure in ``reason`` was not the photo's fault: retry it later
     confirm_only: bool = False
     keywords: tuple[str, ...] = field(default_factory=tuple)
+    snapshot: MetadataSnapshot | None = None  # the plan's metadata read: the write reuses it if unchanged
 
     @property
     def needs_model(self) -> bool:
@@ -164,7 +165,7 @@ class Planner:
         ):
             return self._skip(decision, row, stat, digest)
         try:
-            existing = self.exiftool.read(path)
+            snapshot = self.exiftool.snapshot(path)
         except MetadataError as exc:
             decision.task = Task(
                 path,
@@ -177,7 +178,8 @@ class Planner:
             )
             decision.pending = True
             return decision
-        task = decision.task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing)
+        existing = snapshot.existing
+        task = decision.task = Task(path, stat.st_size, stat.st_mtime_ns, digest, existing, snapshot=snapshot)
         ours = row is not None and row.caption is not None and existing.description == row.caption
         if ours and row is not None:
             same_model = row.caption_source == SOURCE_HUMAN or (

@@ -8,9 +8,12 @@ A stage with side effects comes in two kinds that the pipeline swaps, like beets
   the index row) or :class:`ReportWrites` (a dry run: say what would be written).
 
 Every index write of a run goes through :class:`IndexWriter`, one thread that applies jobs in the
-order they came and commits them in batches. The order a crash relies on holds: a photo is
-``pending`` before it reaches the model, its planned caption is committed before its file is
-written (the write stage waits for that commit), and it is ``done`` only after the write.
+order they came and commits them in batches: a job nobody waits for (a plan's pending mark, a
+photo's result) may wait a moment for others to share its transaction; one a stage waits for (the
+captions planned before a write) is committed at once, with every job before it. The order a crash
+relies on holds: a photo is ``pending`` before it reaches the model, its planned caption is committed
+before its file is written (the write stage waits for that commit), and it is ``done`` only after
+the write.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[Outcome], None]
 WRITER_BATCH = 64  # index jobs committed in one transaction, at most
+# How long a job nobody waits for may wait for others to share its transaction (one transaction per
+# photo was a large share of the index's cost); short beside a photo's time in the pipeline.
+WRITER_LINGER_S = 0.05
 
 
 # -- the index writer -------------------------------------------------------------------------------
@@ -57,6 +63,7 @@ class IndexJob:
     after_commit: Callable[[], None] | None = None
     committed: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+    awaited: bool = False  # a stage waits for this commit: no lingering
 
 
 class IndexWriter:
@@ -89,6 +96,7 @@ class IndexWriter:
 
     def commit(self, job: IndexJob) -> bool:
         """Apply ``job`` and wait for its commit. False when it failed."""
+        job.awaited = True
         self.put(job).committed.wait()
         return job.ok
 
@@ -101,17 +109,26 @@ class IndexWriter:
         while finished < self._producers:
             jobs: list[IndexJob] = []
             item = self._jobs.get()
+            linger_until = time.monotonic() + WRITER_LINGER_S
+            awaited = False
             while True:
                 if item is None:
                     finished += 1
                 else:
                     jobs.append(item)
+                    awaited = awaited or item.awaited
                 if len(jobs) >= WRITER_BATCH or finished == self._producers:
                     break
                 try:
                     item = self._jobs.get_nowait()
                 except queue.Empty:
-                    break
+                    wait = linger_until - time.monotonic()
+                    if awaited or wait <= 0:
+                        break
+                    try:  # more jobs are likely on their way: let them share this transaction
+                        item = self._jobs.get(timeout=wait)
+                    except queue.Empty:
+                        break
             if jobs:
                 self._commit(jobs)
 
@@ -243,7 +260,7 @@ class MetadataWrites:
         results: dict[int, tuple[bool, str]] = {}
         for task in to_write:
             try:
-                written = self.exiftool.write(task.path, task.caption or "", task.keywords)
+                written = self.exiftool.write(task.path, task.caption or "", task.keywords, snapshot=task.snapshot)
                 if written.fallback_reason:
                     log.info("wrote a sidecar instead: %s", written.fallback_reason)
                 results[id(task)] = (True, str(written.target) if written.kind == "sidecar" else "embedded")

@@ -1,16 +1,23 @@
 """Independent checks of what a metadata write did to a photo, shared by the metadata, CLI and corpus
 tests: every tag read by a separate stay-open ``exiftool`` (never phototag's own reader), the tags a
-caption write may change, decoded pixels (Pillow + pillow-heif), file digests, leftover temp files.
+caption write may change, decoded pixels (Pillow + pillow-heif), file digests, leftover temp files;
+and a spy on phototag's own exiftool commands (which ran, which writes overlapped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from phototag.exiftool import ExifTool
 from tests.conftest import CORPUS
 
 DATA = Path(__file__).parent / "data" / "metadata"  # small prepared files
@@ -119,3 +126,62 @@ def make_jpeg(path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 12), (120, 30, 200)).save(path, quality=90)
+
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.phototag-tmp")
+
+
+def _text(arg: str | bytes) -> str:
+    return os.fsdecode(arg) if isinstance(arg, bytes) else arg
+
+
+class WriteSpy:
+    """Every exiftool command of any process (``calls``), and which files are being written at once.
+
+    A write is the command that edits a temp copy (``-o TMP`` or ``-overwrite_original TMP``); the file
+    it is for is named in the temp's name. Until ``overlap`` writes have been seen at once, a write
+    waits up to ``wait_s`` for more to begin."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, overlap: int = 2, wait_s: float = 60.0) -> None:
+        self.calls: list[list[str]] = []
+        self.active: list[str] = []
+        self.max_active = 0
+        self.same_file_at_once: list[str] = []
+        self._overlap, self._wait_s = overlap, wait_s
+        self._seen = False
+        self._changed = threading.Condition()
+        real = ExifTool._execute
+
+        def execute(tool: ExifTool, args: Any) -> Any:
+            text = [_text(a) for a in args]
+            self.calls.append(text)
+            target = self._target(text)
+            if target is None:
+                return real(tool, args)
+            with self._changed:
+                if target in self.active:
+                    self.same_file_at_once.append(target)
+                self.active.append(target)
+                self.max_active = max(self.max_active, len(self.active))
+                self._seen = self._seen or len(self.active) >= self._overlap
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: self._seen, timeout=self._wait_s)
+            try:
+                return real(tool, args)
+            finally:
+                with self._changed:
+                    self.active.remove(target)
+
+        monkeypatch.setattr(ExifTool, "_execute", execute)
+
+    @staticmethod
+    def _target(args: list[str]) -> str | None:
+        for flag in ("-o", "-overwrite_original"):
+            if flag in args:
+                tmp = Path(args[args.index(flag) + 1] if flag == "-o" else args[-1])
+                match = _TEMP.match(tmp.name)
+                return str(tmp.parent / match.group("name")) if match else None
+        return None
+
+    def calls_naming(self, path: Path) -> list[list[str]]:
+        return [call for call in self.calls if str(path) in call]

@@ -65,3 +65,24 @@ def test_draft_decode_is_auto_or_a_boolean(tmp_path: Path) -> None:
         config.write_text(f"[model]\ndraft_decode = {text}\n")
         with pytest.raises(ConfigError, match="model.draft_decode"):
             load_settings(config)
+
+
+def test_stages_that_scale_with_the_cores_are_validated(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[pipeline]\nexiftool_processes = 3\ndecode_workers = 5\n")
+    pipeline = load_settings(config).pipeline
+    assert (pipeline.effective_exiftool_processes, pipeline.effective_decode_workers) == (3, 5)
+    for value, error in [
+        ("-1", "must not be negative"),
+        ("2.5", "expected a whole number"),
+        ('"four"', "expected a number"),
+        ("true", "expected a number"),
+        ("65", "at most 64"),
+    ]:
+        config.write_text(f"[pipeline]\nexiftool_processes = {value}\n")
+        with pytest.raises(ConfigError, match=f"pipeline.exiftool_processes: {error}"):
+            load_settings(config)
+    config.write_text("[pipeline]\ndecode_workers = 1.5\n")
+    with pytest.raises(ConfigError, match="pipeline.decode_workers: expected a whole number"):
+        load_settings(config)
+    assert Settings().pipeline.exiftool_processes == 0  # one per core: see test_pipeline_parallel

@@ -151,13 +151,15 @@ class AppContext:
         return PgFinder(conn)
 
     def exiftool(self) -> ExifToolSession:
-        """The ``[metadata]`` exiftool session, started once; its process ends with the command."""
+        """The ``[metadata]`` exiftool session, started once; its processes end with the command."""
         if self._exiftool is None:
             from phototag.exiftool import MetadataError
             from phototag.metadata import ExifToolSession
 
             try:
-                session = ExifToolSession.from_settings(self.settings.metadata)
+                # as many processes as the pipeline's write threads; started only as they are needed
+                processes = self.settings.pipeline.effective_exiftool_processes
+                session = ExifToolSession.from_settings(self.settings.metadata, processes)
             except MetadataError as exc:
                 raise click.ClickException(str(exc)) from None
             self.on_close(session.close)
