@@ -286,7 +286,8 @@ def phototag(settings: Any, captioner: Any, photos: list[Path], name: str = "pho
         full = replace(Settings(), model=settings, index=IndexSettings(db=str(Path(tmp) / "index.sqlite3")))
         index = PhotoIndex(full.db_path())
         outcomes: list[Outcome] = []
-        with ExifToolSession() as exiftool:
+        # as many exiftool processes (and write threads) as the CLI gives the pipeline
+        with ExifToolSession(processes=full.pipeline.effective_exiftool_processes) as exiftool:
             exiftool.version()  # the process is up before the clock starts
             counting = CountingCaptioner(captioner)
             pipeline = Pipeline(full, index, exiftool, captioner_factory=lambda: counting, on_outcome=outcomes.append)

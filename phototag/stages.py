@@ -278,8 +278,9 @@ class MetadataWrites:
         )
 
     def _plan_captions(self, session: Session, tasks: Sequence[Task]) -> list[Outcome]:
+        rows = _rows(session, tasks)
         for task in tasks:
-            row = _row(session, task)
+            row = rows[str(task.path)]
             row.caption, row.caption_source, row.keywords = task.caption, SOURCE_MODEL, index_keywords(task)
             row.model_name, row.prompt = self.model.name, self.model.prompt
         return []
@@ -290,8 +291,9 @@ class MetadataWrites:
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         done: list[tuple[Photo, str]] = []
+        rows = _rows(session, tasks)
         for task in tasks:
-            row = _row(session, task)
+            row = rows[str(task.path)]
             if task.reason:
                 outcomes.append(_failed(row, task, task.reason))
                 continue
@@ -353,18 +355,21 @@ class ReportWrites:
                 )
 
 
-def _row(session: Session, task: Task) -> Photo:
-    row = session.scalar(select(Photo).where(Photo.path == str(task.path)))
-    if row is None:  # the row is made when the plan is recorded; this covers a row deleted meanwhile
-        row = Photo(
-            path=str(task.path),
-            size=task.size,
-            mtime_ns=task.mtime_ns,
-            content_hash=task.digest,
-            mtime_before_write_ns=task.mtime_ns,
-        )
-        session.add(row)
-    return row
+def _rows(session: Session, tasks: Sequence[Task]) -> dict[str, Photo]:
+    """The tasks' rows by path, in one query (a query per photo was much of the index's cost)."""
+    paths = list(dict.fromkeys(str(task.path) for task in tasks))
+    rows = {row.path: row for row in session.scalars(select(Photo).where(Photo.path.in_(paths)))}
+    for task in tasks:
+        if str(task.path) not in rows:  # the row is made when the plan is recorded; this covers a row deleted meanwhile
+            row = rows[str(task.path)] = Photo(
+                path=str(task.path),
+                size=task.size,
+                mtime_ns=task.mtime_ns,
+                content_hash=task.digest,
+                mtime_before_write_ns=task.mtime_ns,
+            )
+            session.add(row)
+    return rows
 
 
 def _failed(row: Photo, task: Task, reason: str) -> Outcome:
