@@ -382,7 +382,9 @@ class Pipeline:
                         log.debug("the caption stage failed", exc_info=True)
                         self._fail(run_error(exc))
                     else:
-                        self._to_writer.put(captioned)
+                        # a GPU's batch of 32 goes to several write threads, not all to one
+                        for start in range(0, len(captioned), WRITE_GATHER):
+                            self._to_writer.put(captioned[start : start + WRITE_GATHER])
                 for task in batch if self._stopping.is_set() else ():
                     self._done_with(str(task.path))  # dropped: never started, still pending
         finally:

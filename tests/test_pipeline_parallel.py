@@ -86,8 +86,10 @@ def test_stages_are_sized_from_the_cores(settings: Settings, monkeypatch: pytest
 def test_writes_overlap_on_several_processes_and_one_photo_is_written_once(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A batch as big as the library (a GPU's 32, here 12) is written by several threads, not one."""
     photos = copy_from_corpus(PHOTOS, tmp_path / "lib")
     spy = WriteSpy(monkeypatch)
+    settings = replace(settings, model=replace(settings.model, batch_size=len(photos)))
     outcomes = _run(_parallel(settings), photos, submit_twice=True)
     assert sorted(o.path for o in outcomes if o.kind == CAPTIONED) == sorted(photos)
     assert spy.max_active == 2 and not spy.same_file_at_once
