@@ -8,6 +8,12 @@ hashing, decoding, exiftool reads and writes, the verify read, the index. Each r
 revision ("old", ``--baseline``, checked out with ``git worktree add`` into a temp folder and imported
 through PYTHONPATH). Runs are interleaved (old, new, old, new ...) so a busy neighbour hurts both alike.
 
+torch gets ``--torch-threads`` intra-op threads (default 1, through ``OMP_NUM_THREADS``) in both
+revisions: the tiny model stands for a fast GPU, where the model takes no CPU threads. With torch's
+default (one thread per core), its OpenMP team waits on the pipeline's other threads at every one of
+the tiny model's many small operations: on a busy 2-core machine the caption thread alone then burned
+~60 ms of CPU per photo instead of ~5, in the old and the new code alike (``--torch-threads 0`` shows it).
+
 Per run: photos/s (photos / wall seconds of the backfill command, imports excluded: torch and
 transformers' BLIP classes are imported first, as a long run amortizes them), cores used (CPU seconds
 of the process and its exiftool children / wall seconds), and CPU ms per photo per stage.
@@ -20,6 +26,7 @@ startup and model load, torch's worker threads, queues and thread switches, the 
     python benchmarks/ceiling.py                       # 3 repetitions, old = efdbd58
     python benchmarks/ceiling.py --reps 1 --copies 1   # a quick look
     python benchmarks/ceiling.py --baseline main~3
+    python benchmarks/ceiling.py --torch-threads 0     # torch's own thread count
 """
 
 from __future__ import annotations
@@ -224,7 +231,7 @@ def write_config(folder: Path, model: Path) -> Path:
     return config
 
 
-def one_run(tree: Path, cores: int, source: Path, model: Path, scratch: Path) -> dict[str, Any]:
+def one_run(tree: Path, cores: int, source: Path, model: Path, scratch: Path, torch_threads: int) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     try:
         lib = run_dir / "lib"
@@ -232,6 +239,8 @@ def one_run(tree: Path, cores: int, source: Path, model: Path, scratch: Path) ->
         config = write_config(run_dir, model)
         env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", PHOTOTAG_CORPUS=str(CORPUS))
         env["XDG_DATA_HOME"] = str(run_dir / "xdg")
+        if torch_threads > 0:
+            env["OMP_NUM_THREADS"] = str(torch_threads)
         command = ["taskset", "-c", CORE_SETS[cores], sys.executable, str(Path(__file__).resolve()), "--child"]
         command += ["--config", str(config), "--lib", str(lib)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=run_dir)
@@ -302,7 +311,8 @@ def parent(args: argparse.Namespace) -> None:
         ).stdout.strip()
         print(
             f"{photos} photos (corpus jpg/ x{args.copies}), tiny BLIP, batch 4, embeddings off, "
-            f"{args.reps} repetitions; new = {revision} (+ working tree), old = {args.baseline}",
+            f"{args.reps} repetitions, torch threads {args.torch_threads or 'default'}; "
+            f"new = {revision} (+ working tree), old = {args.baseline}",
             flush=True,
         )
         results: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
@@ -311,7 +321,7 @@ def parent(args: argparse.Namespace) -> None:
             for rep in range(args.reps):
                 for cores in (1, 2):
                     for name in ("old", "new") if rep % 2 == 0 else ("new", "old"):
-                        run = one_run(trees[name], cores, source, model, scratch)
+                        run = one_run(trees[name], cores, source, model, scratch, args.torch_threads)
                         results[(name, cores)].append(run)
                         print(
                             f"  rep {rep + 1} {name} {cores} core{'s' if cores > 1 else ''}: "
@@ -350,6 +360,9 @@ def main() -> None:
     parser.add_argument("--baseline", default="efdbd58", help="the old revision (default: efdbd58)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each (revision, cores) run")
     parser.add_argument("--copies", type=int, default=4, help="copies of the corpus jpg/ folder (4: 272 photos)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="torch intra-op threads in both revisions (0: torch's default)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--lib", help=argparse.SUPPRESS)
