@@ -3,7 +3,7 @@
 The one room the rest of phototag calls to touch photo files: :class:`ExifToolSession`, built from the
 ``[metadata]`` settings. Everything goes through long-running exiftool processes, a pool of them
 (:mod:`phototag.exiftool`), so reads and writes of different photos run side by side; two writes of
-one file (a photo, or a sidecar two photos share) never do. Nothing re-encodes an image. A read made
+one file (a photo or its sidecar) never do. Nothing re-encodes an image. A read made
 to plan a photo (:meth:`ExifToolSession.snapshot`) serves its write while the photo and its sidecar
 are unchanged (same inode, size, mtime and ctime); else the write reads them again. The work is
 done in the rooms beside it:
@@ -260,8 +260,9 @@ class ExifToolSession:
             # turn it into a copy. The pipeline skips links before they get here.
             raise MetadataError(f"{photo}: a symbolic link; phototag never writes through a link")
         # the file lock before the process: a write waiting for its photo holds no exiftool
-        with self._writing.hold(photo, self.sidecar_for(photo)), self.pool.borrow() as tool:
-            if snapshot is not None and snapshot.photo == photo and snapshot.current():
+        sidecar = self.sidecar_for(photo)
+        with self._writing.hold(photo, sidecar), self.pool.borrow() as tool:
+            if snapshot is not None and (snapshot.photo, snapshot.sidecar) == (photo, sidecar) and snapshot.current():
                 file_tags, sidecar_tags = dict(snapshot.file_tags), snapshot.sidecar_tags
             else:
                 file_tags, sidecar_tags = self._read_owned(tool, photo)
