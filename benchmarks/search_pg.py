@@ -123,7 +123,7 @@ def bench(sqlite_db: Path, url: str, model: str | None, repeat: int, folder: Pat
         from phototag.query_encoder import query_vector
 
         key = model_id(model)
-        store = VectorStore(lite_conn, sqlite_db, key, vectors_cache_dir())
+        store = VectorStore.for_sqlite(lite_conn, sqlite_db, key, vectors_cache_dir())
         store.sync()
         copy = PgVectorCopy(pg_conn, key, folder / "data" / "pg-vectors" / url.rsplit("/", 1)[-1])
         start = time.perf_counter()

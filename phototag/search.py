@@ -211,53 +211,68 @@ class Finder:
     ) -> list[tuple[int, float]]:
         """(photo id, cosine) best first, among photos passing the query's filters, down to ``min_similarity``.
 
-        Candidates come best first in growing windows; each window is checked against the index (the
-        vector still current, the photo done and passing the filters). A filter that keeps few photos
-        is applied before scoring instead, so the windows are not spent on photos it rejects.
+        Candidates come best first in growing windows from the vector index; each window is checked
+        against the index in one query (the vector still current, the photo done and passing the
+        filters), and the photo id is the table's. A filter that keeps few photos is applied before
+        ranking instead (only their rows are scored, exactly), so the windows are not spent on photos it
+        rejects; one that keeps many is checked a window at a time, never a photo at a time.
         """
-        conditions, args = self._filter_conditions(query)
-        allowed = None
-        if query.folders or query.after or query.before or query.required_expression():
-            kept = [
-                r[0]
-                for r in self.conn.execute(
-                    f"SELECT p.id FROM photos p WHERE {conditions} LIMIT ?", [*args, FEW_KEPT_SEMANTIC]
-                )
-            ]
-            if not kept:
-                return []
-            if len(kept) < FEW_KEPT_SEMANTIC:
-                import numpy as np
-
-                allowed = np.array(kept, dtype=np.int64)
+        allowed = self._few_kept_ids(query)
+        if allowed is not None and len(allowed) == 0:
+            return []
         conditions, args = self._filter_conditions(query, check_only=True)
         ranking: list[tuple[int, float]] = []
         checked = stale = 0
         for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
-            seqs = _in_list(seq for seq, _, _ in window)
-            live = {
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT e.seq FROM photo_embeddings e CROSS JOIN photos p ON p.id = e.photo_id "  # e first
-                    f"WHERE e.seq IN (SELECT value FROM json_each(?)) AND {conditions}",
-                    [seqs, *args],
-                )
-            }
-            if not query.has_filters:  # without filters, a vector no longer in the index is stale
-                checked += len(window)
-                # (a missing or pending photo's vector is not: rebuilding the copy would bring it back)
-                stale += (
-                    len(window)
-                    - self.conn.execute(
-                        "SELECT count(*) FROM photo_embeddings WHERE seq IN (SELECT value FROM json_each(?))", [seqs]
-                    ).fetchone()[0]
-                )
-            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
+            rows = self.conn.execute(
+                f"SELECT e.seq, e.photo_id, {conditions} FROM photo_embeddings e "
+                "CROSS JOIN photos p ON p.id = e.photo_id "  # e first: driven by the window's seqs
+                "WHERE e.seq IN (SELECT value FROM json_each(?))",
+                [*args, _in_list(seq for seq, _, _ in window)],
+            ).fetchall()
+            current = {seq: photo_id for seq, photo_id, _ in rows}
+            passing = {seq for seq, _, ok in rows if ok}
+            # a vector no longer in the table is stale (a missing or pending photo's vector is not:
+            # rebuilding the copy would bring it back)
+            checked += len(window)
+            stale += len(window) - len(current)
+            ranking += [(current[seq], score) for seq, _, score in window if seq in passing]
             if len(ranking) >= want:
                 break
         if stale > max(checked // 4, 64):
             store.invalidate()  # so many replaced or deleted vectors met: rebuilt on the next search
         return ranking[:want]
+
+    def _few_kept_ids(self, query: Query) -> np.ndarray | None:
+        """The ids of the photos passing the query's filters, when they are few (else None): counted
+        first from the path or date index, or from the FTS index for tags and phrases, which is cheap."""
+        required = query.required_expression()
+        where, params = self._sql_filter(query)
+        few = False
+        if where:
+            few = (
+                self.conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM photos p WHERE {where} LIMIT ?)",
+                    [*params, FEW_KEPT_SEMANTIC],
+                ).fetchone()[0]
+                < FEW_KEPT_SEMANTIC
+            )
+        if required and not few:
+            few = (
+                self.conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM photos_fts WHERE photos_fts MATCH ? LIMIT ?)",
+                    [required, FEW_KEPT_SEMANTIC],
+                ).fetchone()[0]
+                < FEW_KEPT_SEMANTIC
+            )
+        if not few:
+            return None
+        import numpy as np
+
+        conditions, args = self._filter_conditions(query)
+        return np.array(
+            [r[0] for r in self.conn.execute(f"SELECT p.id FROM photos p WHERE {conditions}", args)], dtype=np.int64
+        )
 
     # -- both ------------------------------------------------------------------------------------
 

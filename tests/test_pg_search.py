@@ -130,7 +130,9 @@ def indexes(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def lite_search(db: Path, text: str, tmp_path: Path, **kwargs: object) -> list[str]:
     conn = sqlite_connect(db)
     try:
-        store = VectorStore(conn, db, load_embedder(os.environ["PHOTOTAG_EMBEDDING_MODEL"]).name, tmp_path / "v")
+        store = VectorStore.for_sqlite(
+            conn, db, load_embedder(os.environ["PHOTOTAG_EMBEDDING_MODEL"]).name, tmp_path / "v"
+        )
         store.sync()
         embed = load_embedder(os.environ["PHOTOTAG_EMBEDDING_MODEL"])
         hits = Finder(conn).search(

@@ -120,7 +120,7 @@ def semantic(
 ) -> list[str]:
     conn = connect(index.path)
     try:
-        store = VectorStore(conn, index.path, MODEL, cache)
+        store = VectorStore.for_sqlite(conn, index.path, MODEL, cache)
         store.sync()
         hits = Finder(conn).search(parse_query(text), mode=mode, store=store, embed=lambda _text: vector, **kwargs)  # type: ignore[arg-type]
         return [hit.path for hit in hits]
@@ -161,7 +161,7 @@ def test_vector_copy_follows_the_index(index: PhotoIndex, tmp_path: Path) -> Non
     cache = tmp_path / "cache"
     seaside = unit(0.9, 0.2, 0.1)
     conn = connect(index.path)
-    store = VectorStore(conn, index.path, MODEL, cache)
+    store = VectorStore.for_sqlite(conn, index.path, MODEL, cache)
     assert store.sync() == 3
     # a changed caption drops its vector (trigger); the copy still has it, but it is never returned
     with index.transaction() as session:

@@ -36,44 +36,66 @@ if TYPE_CHECKING:
     is_flag=True,
     help="With --copy-to: replace the photos the target already holds (refused otherwise).",
 )
+@click.option(
+    "--search-index",
+    is_flag=True,
+    help="Rebuild the vector index that search by meaning uses (in the data dir) from the index's vectors.",
+)
 @progress_option
 @pass_app
 def command(
-    app: AppContext, embeddings: bool, dates: bool, copy_to: str | None, replace_target: bool, no_progress: bool
+    app: AppContext,
+    embeddings: bool,
+    dates: bool,
+    copy_to: str | None,
+    replace_target: bool,
+    search_index: bool,
+    no_progress: bool,
 ) -> None:
     """Bring an existing index up to date without captioning again. With no option: everything.
 
-    --embeddings makes search by meaning possible for photos captioned before phototag embedded
-    captions, or after [search] embedding_model changed (each caption's vector is replaced).
-    --dates records when each photo was taken, for after: and before:: its EXIF DateTimeOriginal, else
-    the file's modification time from before phototag first wrote to it (never the time of that write;
-    where the index does not know it, the photo is left without a date). Both resume where they
-    stopped. Refused while `phototag watch` or another writing phototag runs on the index.
+        --embeddings makes search by meaning possible for photos captioned before phototag embedded
+        captions, or after [search] embedding_model changed (each caption's vector is replaced).
+        --dates records when each photo was taken, for after: and before:: its EXIF DateTimeOriginal, else
+        the file's modification time from before phototag first wrote to it (never the time of that write;
+        where the index does not know it, the photo is left without a date). Both resume where they
+        stopped. Refused while `phototag watch` or another writing phototag runs on the index.
 
     --copy-to URL copies the whole index as it is (statuses, captions, undo data, vectors) into another
     database, such as a PostgreSQL one several machines share; in one transaction, so an interrupted
     copy leaves the target as it was. A target that already holds photos is refused unless
     --replace-target is given.
 
+    --search-index rebuilds the search's vector index from scratch. It is kept current by every search
+    (new, changed and removed captions are caught up, never a full rebuild) and rebuilt by itself when it
+    is missing, damaged or from another model; this is for recovery, or to reclaim the room of many
+    removed vectors. It only writes in the data dir, so it may run while `phototag watch` does.
+
     \b
     Examples:
       phototag reindex --embeddings
       PHOTOTAG_EMBEDDING_MODEL=~/models/all-MiniLM-L6-v2 phototag reindex --embeddings
       phototag reindex --dates
+      phototag reindex --search-index
       phototag reindex --copy-to postgresql://photos@nas.local/phototag
       phototag --db postgresql://photos@nas.local/phototag status
     """
     if copy_to is not None:
-        if embeddings or dates:
+        if embeddings or dates or search_index:
             raise click.UsageError("--copy-to copies the index as it is: run --embeddings or --dates on its own")
         _copy_to(app, copy_to, replace_target, not no_progress and not app.quiet)
         return
     if replace_target:
         raise click.UsageError("--replace-target goes with --copy-to URL")
-    if not (embeddings or dates):
-        embeddings = dates = True
     settings = app.settings
     app.existing_db("run 'phototag backfill PATH' first")
+    if search_index and app.location().is_server:
+        raise click.UsageError("--search-index is for a SQLite index (a PostgreSQL index's copy catches up by itself)")
+    if search_index and not (embeddings or dates):
+        _rebuild_search_index(settings.db_path(), settings.embedding_model())
+        return
+    if not (embeddings or dates):
+        embeddings = dates = True
     app.lock_index("phototag reindex")
     index = app.index()
     try:
@@ -81,6 +103,8 @@ def command(
             _dates(app, index, not no_progress and not app.quiet)
         if embeddings:
             _embeddings(index, settings.embedding_model(), not no_progress and not app.quiet)
+        if search_index:
+            _rebuild_search_index(index.path, settings.embedding_model())
     except KeyboardInterrupt:
         click.echo("\ninterrupted: what was done is saved; run 'phototag reindex' again to go on", err=True)
         sys.exit(130)
@@ -161,11 +185,37 @@ def _warm_vector_cache(db: Path, model: str) -> None:
 
     conn = connect(db)
     try:
-        VectorStore(conn, db, model, vectors_cache_dir()).sync()
+        VectorStore.for_sqlite(conn, db, model, vectors_cache_dir()).sync()
     except OSError as exc:
         click.echo(f"embeddings: the search cache could not be written ({exc}); searches will try again", err=True)
     finally:
         conn.close()
+
+
+def _rebuild_search_index(db: Path, model: str) -> None:
+    import time
+
+    from phototag.embeddings import model_id
+    from phototag.search import connect, has_vectors, vectors_cache_dir
+    from phototag.vectors import VectorStore
+
+    key = model_id(model)
+    conn = connect(db)
+    if not has_vectors(conn, key):
+        conn.close()
+        raise click.ClickException(
+            f"the index has no caption embeddings from {key}: run 'phototag reindex --embeddings' first"
+        )
+    try:
+        store = VectorStore.for_sqlite(conn, db, key, vectors_cache_dir())
+        click.echo(f"search index: rebuilding from the vectors of {key}", err=True)
+        start = time.monotonic()
+        rows = store.sync(rebuild=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the search index in {vectors_cache_dir()}: {exc}") from None
+    finally:
+        conn.close()
+    click.echo(f"search index: {rows} vectors in {time.monotonic() - start:.1f} s ({store.dir})", err=True)
 
 
 def _dates(app: AppContext, index: PhotoIndex, progress_on: bool) -> None:

@@ -172,9 +172,13 @@ def _semantic_side(
         _hint_other_models(conn, key)
         return KEYWORD, None, None
     from phototag.search import vectors_cache_dir
-    from phototag.vectors import VectorStore
 
-    store = VectorStore(conn, db, key, vectors_cache_dir())
+    try:
+        from phototag.vectors import VectorStore
+    except ImportError as exc:
+        raise click.ClickException(f"{exc} (--mode keyword searches without it)") from None
+
+    store = VectorStore.for_sqlite(conn, db, key, vectors_cache_dir())
     try:
         store.sync()
     except OSError as exc:
