@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 KEYWORD, SEMANTIC, HYBRID = "keyword", "semantic", "hybrid"
 MODES = (KEYWORD, SEMANTIC, HYBRID)
 RANK_CAP = 10_000
+PHRASE_RANK_CAP = 2_000  # a query with a phrase ranks this many of its newest matches (see Finder._shortest)
 RANK_CAP_FILTERED = 2_000  # with a filter that keeps many photos (each match costs a row lookup)
 FEW_KEPT = 150_000  # a filter keeping fewer photos than this is materialised (from its index alone)
 FEW_KEPT_SEMANTIC = 20_000  # ... for search by meaning: more than this pass often enough to check later
@@ -145,28 +146,35 @@ class Finder:
     def _restriction(self, where: str, params: list[Any]) -> tuple[str, list[Any], int]:
         """How an FTS query keeps only photos passing ``where``, and its rank cap.
 
-        A filter that keeps few photos is materialised once and probed per match; one that keeps many
-        is checked per match, newest first, stopping after a smaller cap of ranked matches (each check
-        is a row lookup). ``+`` keeps SQLite from driving the search by the status index or by rowid.
+        A filter that keeps few photos bounds the FTS walk to the id range they span (FTS5 seeks to it):
+        where they fill much of that range (a folder imported at once, a span of dates), each match is
+        checked by a row lookup, stopping after a smaller cap of ranked matches; where they are
+        scattered, they are materialised once and probed per match. One that keeps many is checked per
+        match, newest first, with the smaller cap. ``+`` keeps SQLite from driving the search by the
+        status index or by rowid.
         """
         if not where:
             return "", [], RANK_CAP
-        kept = self.conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM photos p WHERE {where} LIMIT ?)", [*params, FEW_KEPT]
-        ).fetchone()[0]
-        if kept < FEW_KEPT:  # answered from the path or date index alone; status is checked after ranking
-            return f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
-        return (
-            f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})",
-            params,
-            RANK_CAP_FILTERED,
-        )
+        low, high, kept = self.conn.execute(
+            f"SELECT min(id), max(id), count(*) FROM (SELECT p.id FROM photos p WHERE {where} LIMIT ?)",
+            [*params, FEW_KEPT],
+        ).fetchone()
+        check = f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})"
+        if kept == 0:
+            return " AND 0", [], RANK_CAP
+        if kept >= FEW_KEPT:
+            return check, params, RANK_CAP_FILTERED
+        bounded = f" AND rowid BETWEEN {int(low)} AND {int(high)}"
+        if 4 * kept >= high - low + 1:
+            return bounded + check, params, RANK_CAP_FILTERED
+        # answered from the path or date index alone; status is checked after ranking
+        return bounded + f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
 
-    def _bm25(self, expression: str, where: str, params: list[Any], want: int) -> list[tuple[int, float]]:
+    def _bm25(self, expression: str, restriction: tuple[str, list[Any], int], want: int) -> list[tuple[int, float]]:
         """Up to ``want`` done photos matching ``expression``, best bm25 first, among the newest matches
         (at most RANK_CAP of them: see the module docstring). One pass: FTS5 walks the matches newest
         first and scores only those inside the window."""
-        restrict, args, cap = self._restriction(where, params)
+        restrict, args, cap = restriction
         fetch = want
         while True:
             ranked = self.conn.execute(
@@ -181,6 +189,22 @@ class Finder:
                 return hits[:want]
             fetch *= 4  # pending rows (captions being written) took places: look further
 
+    def _shortest(self, expression: str, restriction: tuple[str, list[Any], int], want: int) -> list[tuple[int, float]]:
+        """Up to ``want`` done photos matching ``expression`` (which holds a phrase), shortest caption first,
+        among the newest :data:`PHRASE_RANK_CAP` matches.
+
+        bm25 would first count the phrase's matches in the whole index (its IDF: position lists of
+        words like "on" and "the" at every photo), costing more than the search; every match shares that
+        IDF, so bm25 ranks them by how short the caption is, which is what this does, without it."""
+        restrict, args, cap = restriction
+        rows = self.conn.execute(
+            "SELECT p.id, length(p.caption) + length(p.keywords) AS size FROM photos p WHERE p.id IN "
+            "(SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?" + restrict + " ORDER BY rowid DESC LIMIT ?) "
+            "AND +p.status = ? ORDER BY size, p.id DESC LIMIT ?",
+            [expression, *args, max(min(cap, PHRASE_RANK_CAP), 4 * want), DONE, want],
+        ).fetchall()
+        return [(photo_id, 100.0 / max(size, 1)) for photo_id, size in rows]
+
     def _done_ids(self, ids: Iterable[int]) -> set[int]:
         return {
             r[0]
@@ -193,12 +217,14 @@ class Finder:
     def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]:
         """(photo id, score) best first: photos with every word, then photos with some of them."""
         where, params = self._sql_filter(query)
+        restriction = self._restriction(where, params)  # once for both expressions
         ranking: list[tuple[int, float]] = []
         seen: set[int] = set()
         for expression in (query.all_words(), query.any_words()):
             if expression is None or len(ranking) >= want:
                 continue
-            for photo_id, score in self._bm25(expression, where, params, want):
+            rank = self._shortest if query.phrases else self._bm25
+            for photo_id, score in rank(expression, restriction, want):
                 if photo_id not in seen and len(ranking) < want:
                     seen.add(photo_id)
                     ranking.append((photo_id, score))

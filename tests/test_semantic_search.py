@@ -168,6 +168,28 @@ def test_formats(library: Library) -> None:
     assert library.run("search", "pasta", "--json", "--format", "table").exit_code == 2
 
 
+def test_reindex_search_index_rebuilds_a_damaged_or_missing_vector_index(library: Library) -> None:
+    from phototag.search import vectors_cache_dir
+
+    dog = str(library.photos["dog"])
+    assert library.search("--mode", "semantic", "puppy at the seaside")[0] == dog
+    (folder,) = [p for p in vectors_cache_dir().iterdir() if (p / "meta.json").exists()]
+    generation = json.loads((folder / "meta.json").read_text())["generation"]
+    result = library.run("reindex", "--search-index")
+    assert result.exit_code == 0, result.output
+    assert "search index: 4 vectors" in result.output
+    rebuilt = json.loads((folder / "meta.json").read_text())["generation"]
+    assert rebuilt != generation and not (folder / generation).exists()
+    # damaged (every file of the copy garbage) or gone: the next search rebuilds it and is right
+    for path in (folder / rebuilt).iterdir():
+        path.write_bytes(b"\xff" * path.stat().st_size)
+    assert library.search("--mode", "semantic", "puppy at the seaside")[0] == dog
+    assert json.loads((folder / "meta.json").read_text())["generation"] != rebuilt
+    shutil.rmtree(folder)
+    assert library.search("--mode", "semantic", "puppy at the seaside")[0] == dog
+    assert "--search-index" in library.run("reindex", "--help").output
+
+
 def test_reindex_embeds_an_index_without_vectors_and_after_a_model_change(
     library: Library, minilm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
