@@ -260,10 +260,12 @@ def bench_semantic(db: Path, model: str, repeat: int) -> None:
         store.sync(rebuild=True)
         built = time.perf_counter() - start
         sizes = {path.name: path.stat().st_size for path in store.files()}
-        scanned = sum(size for name, size in sizes.items() if not name.endswith(".f32"))
+        bits = sum(size for name, size in sizes.items() if name.startswith(("bits.", "ids.")))
+        int8 = sizes["vectors.i8"] + sizes["scales.f32"]
         print(
-            f"  vector index build: {built:.1f} s; size {scanned / 2**20:.0f} MiB scanned per query "
-            f"(sign bits + ids) + {sizes['vectors.f32'] / 2**20:.0f} MiB float32 rows read for re-scoring"
+            f"  vector index build: {built:.1f} s; size {(bits + int8) / 2**20:.0f} MiB mapped "
+            f"({bits / 2**20:.0f} MiB sign bits + ids scanned per query, {int8 / 2**20:.0f} MiB int8 rows "
+            f"for re-scoring) + {sizes['vectors.f32'] / 2**20:.0f} MiB float32 rows read for the exact scores"
         )
     threshold = SearchSettings().min_similarity
     vectors = {text: query_vector(model, text) for text in SEMANTIC_QUERIES}  # torch-free where it can be

@@ -132,12 +132,17 @@ class Finder:
         if where:
             sql += " AND " + where
             args += params
-        plus = "+" if check_only else ""
+        if check_only:  # FTS5 answers "does this photo match" by seeking to its rowid in each word's list
+            probe = "EXISTS (SELECT 1 FROM photos_fts WHERE photos_fts MATCH ? AND photos_fts.rowid = p.id)"
+            required_sql, excluded_sql = f" AND {probe}", f" AND NOT {probe}"
+        else:  # every match listed once, probed per photo
+            required_sql = " AND p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            excluded_sql = " AND p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
         if required:
-            sql += f" AND {plus}p.id IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            sql += required_sql
             args.append(required)
         if excluded:
-            sql += f" AND {plus}p.id NOT IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?)"
+            sql += excluded_sql
             args.append(excluded)
         return sql, args
 

@@ -205,6 +205,7 @@ class VectorStore:
         self.dir = Path(cache_dir) / cache_key(source.origin, source.model)
         self._meta = _Meta()
         self._vectors: np.ndarray | None = None
+        self._float_file: Any = None
         self._ids: np.ndarray | None = None
         self._bits: list[np.ndarray] = []
         self._int8: np.ndarray = np.zeros((0, 1), dtype=np.int8)
@@ -238,7 +239,7 @@ class VectorStore:
                 meta = self._append(meta, max_seq)
                 if self.count() < 0.75 * meta.rows:  # much of the copy is stale: start afresh
                     meta = self._rebuild(identity, max_seq)
-        self._open(meta)
+            self._open(meta)  # under the lock: a rebuild elsewhere removes old generations
         return meta.rows
 
     def invalidate(self) -> None:
@@ -399,6 +400,9 @@ class VectorStore:
             return
         vectors, ids, bits = self._paths(meta)
         self._vectors = np.memmap(vectors, dtype="<f4", mode="r", shape=(meta.rows, meta.dim))
+        if self._float_file is not None:
+            self._float_file.close()
+        self._float_file = open(vectors, "rb")  # noqa: SIM115 - kept open for reading rows; closed on reopen
         self._ids = np.memmap(ids, dtype="<i8", mode="r", shape=(meta.rows, 2))
         self._bits = [np.memmap(path, dtype="<u8", mode="r", shape=(meta.rows,)) for path in bits]
         self._int8 = np.memmap(vectors.with_suffix(".i8"), dtype=np.int8, mode="r", shape=(meta.rows, meta.dim))
@@ -482,12 +486,19 @@ class VectorStore:
         return near[np.argpartition(-estimate, rescored)[:rescored]]
 
     def _exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact scores of ``rows`` from the float32 copy (read in file order)."""
-        assert self._vectors is not None
+        """Exact scores of ``rows`` from the float32 copy, read row by row in file order (not through
+        the memory map: a page fault maps the cached pages around it too, and the float32 copy would
+        soon sit whole in this process's memory)."""
+        assert self._float_file is not None
         order = np.argsort(rows, kind="stable")
+        size = self.dim * 4
+        fd = self._float_file.fileno()
+        raw = b"".join(os.pread(fd, size, int(row) * size) for row in rows[order])
+        if len(raw) != len(rows) * size:
+            raise OSError(f"the search index in {self.dir} is shorter than its meta says")
         scores = np.empty(len(rows), dtype=np.float32)
         with one_blas_thread():
-            scores[order] = self._vectors[rows[order]] @ query
+            scores[order] = np.frombuffer(raw, dtype="<f4").reshape(len(rows), self.dim) @ query
         return scores
 
     def _int8_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
