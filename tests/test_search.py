@@ -219,3 +219,36 @@ def test_old_index_is_upgraded_on_search(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2
     assert [h.path for h in Finder(conn).search(parse_query("dog after:2000"))] == []
     assert [h.path for h in Finder(conn).search(parse_query("dog"))] == ["/p/a.jpg"]
+
+
+def test_a_phrase_ranks_shortest_first_without_bm25(index: PhotoIndex) -> None:
+    """bm25 would count the phrase in every photo first (its IDF) at the cost of a full scan; for one
+    phrase every match shares that IDF, so the ranking is by caption length, done without bm25."""
+    add(index, "/p/long.jpg", "a dog running on the beach with a red ball in its mouth at sunset")
+    add(index, "/p/short.jpg", "a dog on the beach")
+    add(index, "/p/middle.jpg", "two dogs playing on the beach near the water")
+    add(index, "/p/other.jpg", "a beach on the coast")  # the words, not the phrase
+    conn = connect(index.path)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    hits = Finder(conn).search(parse_query('"on the beach"'))
+    conn.close()
+    assert [hit.path for hit in hits] == ["/p/short.jpg", "/p/middle.jpg", "/p/long.jpg"]
+    assert hits[0].score > hits[1].score > hits[2].score
+    assert not [sql for sql in statements if "bm25(" in sql]
+
+
+def test_a_filter_keeping_few_photos_bounds_the_keyword_walk(index: PhotoIndex) -> None:
+    """The FTS walk is bounded to the id range the kept photos span (FTS5 seeks there), and the
+    results are those of the filter checked photo by photo."""
+    old = [add(index, f"/lib/old/{i}.jpg", f"a beach number {i}", taken_at="2015-06-01T12:00:00") for i in range(30)]
+    for i in range(60):
+        add(index, f"/lib/new/{i}.jpg", f"a beach number {i}", taken_at="2024-06-01T12:00:00")
+    conn = connect(index.path)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    for text in ("beach in:/lib/old", "beach before:2016"):
+        hits = Finder(conn).search(parse_query(text), limit=100)
+        assert sorted(hit.photo_id for hit in hits) == old, text
+    conn.close()
+    assert len([sql for sql in statements if f"rowid BETWEEN {old[0]} AND {old[-1]}" in sql]) == 2
