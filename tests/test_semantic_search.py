@@ -170,10 +170,12 @@ def test_formats(library: Library) -> None:
 
 def test_reindex_search_index_rebuilds_a_damaged_or_missing_vector_index(library: Library) -> None:
     from phototag.search import vectors_cache_dir
+    from phototag.vectors import cache_key
 
     dog = str(library.photos["dog"])
     assert library.search("--mode", "semantic", "puppy at the seaside")[0] == dog
-    (folder,) = [p for p in vectors_cache_dir().iterdir() if (p / "meta.json").exists()]
+    ((model,),) = sqlite3.connect(library.db).execute("SELECT DISTINCT model FROM photo_embeddings").fetchall()
+    folder = vectors_cache_dir() / cache_key(library.db, model)
     generation = json.loads((folder / "meta.json").read_text())["generation"]
     result = library.run("reindex", "--search-index")
     assert result.exit_code == 0, result.output
