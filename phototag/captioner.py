@@ -39,7 +39,8 @@ class ModelLoadError(Exception):
     """The captioning model could not be loaded; the message says which and how to fix it."""
 
 
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# torch dtype the weights load in; int8 loads fp32 weights, then quantizes the Linear layers
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
 
 
 HUB_HINT = (
@@ -71,6 +72,10 @@ def check_settings(settings: ModelSettings) -> None:
     if looks_local(name) and not Path(name).expanduser().exists():
         raise ModelLoadError(f"model folder {name!r} does not exist; check [model] name or --model")
     device = settings.device
+    if settings.dtype == "int8" and device not in ("auto", "cpu"):
+        raise ModelLoadError(
+            f"dtype 'int8' runs on the CPU only, not on {device!r}; use --device cpu, or --dtype fp16 on a GPU"
+        )
     if device.startswith("cuda"):
         if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")) and sys.platform == "linux":
             raise ModelLoadError(f"device {device!r} requested but this machine has no NVIDIA driver; use --device cpu")
@@ -92,9 +97,11 @@ def check_available(settings: ModelSettings) -> None:
         raise ModelLoadError(f"cannot load model {settings.name!r}: {reason}; {HUB_HINT}")
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: str, dtype: str = "auto") -> str:
     import torch
 
+    if requested == "auto" and dtype == "int8":
+        return "cpu"  # int8 kernels exist for the CPU only
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
@@ -117,10 +124,20 @@ def pick_dtype(requested: str, device: str) -> str:
 
 def pick_draft(requested: str | bool, dtype: str) -> bool:
     """Draft decoding follows precision: off with fp32 (the model card's exact captions), on once
-    bf16/fp16 already trade exactness for speed (and on GPUs, where decoding limits throughput)."""
+    bf16/fp16/int8 already trade exactness for speed (and on GPUs, where decoding limits throughput).
+
+    With draft decoding on, the model's input is made on the device too (``Captioner.preprocess``):
+    both are the "fast input" side of one trade, exact captions against speed."""
     if requested == "auto":
         return dtype != "fp32"
     return bool(requested)
+
+
+def pins_memory(device: str) -> bool:
+    """Whether inputs for ``device`` are staged in pinned (page-locked) host memory: a CUDA copy from
+    there runs asynchronously (``non_blocking``) by DMA; from pageable memory it is a blocking copy
+    through a driver buffer. Elsewhere there is no copy to overlap (CPU) or no such memory (MPS)."""
+    return device.startswith("cuda")
 
 
 def clean_caption(text: str) -> str:
@@ -157,11 +174,14 @@ class Captioner:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         self.settings = settings
-        self.device = pick_device(settings.device)
+        self.device = pick_device(settings.device, settings.dtype)
         self.dtype_name = pick_dtype(settings.dtype, self.device)
         self.torch_dtype = getattr(torch, _DTYPES[self.dtype_name])
         self.batch_size = settings.batch_size or default_batch_size(self.device)
         self.draft_decode = pick_draft(settings.draft_decode, self.dtype_name)
+        # fast input: the decode threads only decode, resize and normalize run batched on the device
+        self.device_preprocess = self.draft_decode
+        self.pin_memory = pins_memory(self.device)
         name = settings.name
         local = Path(name).expanduser()
         source = str(local) if local.exists() else name
@@ -171,9 +191,19 @@ class Captioner:
             model = _from_pretrained(BlipForConditionalGeneration, source, dtype=self.torch_dtype)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(_load_hint(name, exc)) from exc
+        if self.dtype_name == "int8":
+            model = quantize_int8(model)
         self.model = model.to(self.device).eval()
-        size = self.processor.image_processor.size
+        image_processor = self.processor.image_processor
+        size = image_processor.size
         self.input_size = int(min(size.get("height", 384), size.get("width", 384)))
+        self._input_hw = (int(size.get("height", 384)), int(size.get("width", 384)))
+        # the processor's own rescale and normalisation, applied on the device to batches of decoded photos
+        self._rescale = float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0
+        mean = image_processor.image_mean if image_processor.do_normalize else [0.0, 0.0, 0.0]
+        std = image_processor.image_std if image_processor.do_normalize else [1.0, 1.0, 1.0]
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._lock = threading.Lock()
         self._prompt_ids: torch.Tensor | None = None
         self._prefix_len = 1  # the [DEC] bos token the decoder starts from
@@ -193,15 +223,58 @@ class Captioner:
         )
 
     def preprocess(self, image: Image.Image) -> Any:
-        """PIL image -> the model's pixel tensor (3 x H x W, float32). Safe to call from many threads."""
-        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        """PIL image -> what ``generate_ids`` takes for it. Safe to call from many threads.
+
+        Exact input (draft decoding off): the processor's own pixel tensor (3 x H x W, float32), as the
+        model card makes it. Fast input (``device_preprocess``): the decoded photo as it is (H x W x 3,
+        uint8, in pinned memory on CUDA), so this thread only decodes; ``model_inputs`` resizes and
+        normalizes a whole batch on the device."""
+        if not self.device_preprocess:
+            return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        import numpy as np
+        import torch
+
+        array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        pixels = torch.empty(array.shape, dtype=torch.uint8, pin_memory=self.pin_memory)
+        pixels.numpy()[...] = array  # one copy, straight into the (pinned) buffer
+        return pixels
+
+    def model_inputs(self, pixels: Sequence[Any]) -> torch.Tensor:
+        """``preprocess`` results -> one batch on the device, in the model's dtype.
+
+        Decoded photos (uint8) are copied to the device (asynchronously from pinned memory), resized
+        to the model's input as the processor does (bicubic, antialiased, rounded and clipped to 0..255
+        like its 8-bit result), then rescaled and normalized as one batch."""
+        import torch
+
+        if pixels[0].dtype != torch.uint8:
+            batch = torch.stack(list(pixels), out=self._staging(pixels[0], len(pixels)))
+            return batch.to(self.device, non_blocking=self.pin_memory).to(self.torch_dtype)
+        resized = [self._resize(photo.to(self.device, non_blocking=self.pin_memory)) for photo in pixels]
+        batch = torch.cat(resized)
+        batch = (batch * self._rescale - self._mean) / self._std
+        return batch.to(self.torch_dtype)
+
+    def _staging(self, first: torch.Tensor, n: int) -> torch.Tensor:
+        import torch
+
+        return torch.empty((n, *first.shape), dtype=first.dtype, pin_memory=self.pin_memory)
+
+    def _resize(self, photo: torch.Tensor) -> torch.Tensor:
+        """H x W x 3 uint8 on the device -> 1 x 3 x h x w float32 in 0..255 at the model's input size."""
+        import torch.nn.functional as F
+
+        image = photo.permute(2, 0, 1).unsqueeze(0).float()
+        if tuple(image.shape[-2:]) != self._input_hw:
+            image = F.interpolate(image, size=self._input_hw, mode="bicubic", align_corners=False, antialias=True)
+        return image.round_().clamp_(0, 255)
 
     def generate_ids(self, pixels: Sequence[Any]) -> list[list[int]]:
-        """Token ids of the new caption tokens (prompt and bos stripped) for each pixel tensor."""
+        """Token ids of the new caption tokens (prompt and bos stripped) for each ``preprocess`` result."""
         import torch
 
         with self._lock, torch.inference_mode():
-            batch = torch.stack(list(pixels)).to(self.device, self.torch_dtype)
+            batch = self.model_inputs(pixels)
             kwargs: dict[str, Any] = {
                 "pixel_values": batch,
                 "max_new_tokens": self.settings.max_new_tokens,
@@ -226,6 +299,25 @@ class Captioner:
 
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(pixels)]
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per call):
+    the CPU's integer matrix kernels, about a quarter of the weight memory.
+
+    ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of the torchao package, but in
+    torch 2.13 it is still there, works, and needs no further dependency; its deprecation warnings
+    are for developers, not for a person captioning photos, so they are silenced here."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.ao\.quantization")
+        warnings.filterwarnings("ignore", category=UserWarning, message=r".*quantize_per_tensor")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)  # no second copy
 
 
 def bad_words_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:

@@ -169,7 +169,7 @@ class Settings:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.device": ("auto", "cpu", "cuda", "mps"),
-    "model.dtype": ("auto", "fp32", "fp16", "bf16"),
+    "model.dtype": ("auto", "fp32", "fp16", "bf16", "int8"),
     "metadata.mode": ("embed", "sidecar", "both"),
     "metadata.sidecar_naming": ("ext", "base"),
 }

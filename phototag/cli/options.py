@@ -37,7 +37,11 @@ model_options = _stack(
         click.option("--prompt", help='Conditional prefix, e.g. "a photography of" (stripped from the caption).'),
         click.option("--batch-size", type=click.IntRange(1, 1024), help="Photos per model call."),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Model precision."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
+            help="Model precision (int8: CPU only, the fastest there; see README).",
+        ),
         click.option(
             "--overwrite", is_flag=True, default=None, help="Replace descriptions a person wrote (kept by default)."
         ),
