@@ -17,6 +17,7 @@ reference (batch 1, full decode), and that option's speed.
 
     python benchmarks/throughput.py                          # CPU: fp32, batch 4, 12 photos
     python benchmarks/throughput.py --dtype bf16
+    python benchmarks/throughput.py --dtype int8 --fidelity-photos 0   # CPU only
     python benchmarks/throughput.py --device cuda --dtype fp16   # batch size chosen for the device
 """
 
@@ -156,8 +157,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="model precision for the three lines (auto: fp16 on cuda, fp32 elsewhere)",
+        choices=["auto", "fp32", "fp16", "bf16", "int8"],
+        help="model precision for the three lines (auto: fp16 on cuda, fp32 elsewhere; int8: CPU only)",
     )
     parser.add_argument("--batch-size", type=int, default=0, help="0: phototag's default for the device")
     parser.add_argument(
@@ -221,13 +222,15 @@ def warm_up(captioner: Any, *batches: int) -> None:
 
 
 def raw_model(captioner: Any, photos: list[Path], batch: int, name: str = "raw model") -> Line:
+    """The model alone: the processor's pixel tensors, made beforehand, batched and already on the device."""
     import torch
     from PIL import Image
 
+    processor = captioner.processor.image_processor
     pixels = []
     for path in photos:
         with Image.open(path) as image:
-            pixels.append(captioner.preprocess(image.convert("RGB")))
+            pixels.append(processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0])
     batches = [
         torch.stack(pixels[i : i + batch]).to(captioner.device, captioner.torch_dtype)
         for i in range(0, len(pixels), batch)
@@ -267,9 +270,19 @@ def seed_script(captioner: Any, model_dir: Path, photos: list[Path], ids: dict[P
     return clock.line("seed script", len(photos), "one photo at a time")
 
 
-def phototag(settings: Any, captioner: Any, photos: list[Path], name: str = "phototag") -> Line:
-    """The real Pipeline: copies of the photos, a throwaway index, exiftool writes; model already loaded."""
-    from phototag.config import IndexSettings, Settings
+def phototag(
+    settings: Any,
+    captioner: Any,
+    photos: list[Path],
+    name: str = "phototag",
+    *,
+    batch_size: int = 0,
+    embeddings: bool = True,
+) -> Line:
+    """The real Pipeline: copies of the photos, a throwaway index, exiftool writes; model already loaded.
+    ``batch_size``: the batch the pipeline fills for the model (0: the captioner's own); ``embeddings``:
+    also embed the captions for search by meaning (phototag's default; needs the embedding model)."""
+    from phototag.config import IndexSettings, SearchSettings, Settings
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
     from phototag.pipeline import Pipeline
@@ -283,13 +296,21 @@ def phototag(settings: Any, captioner: Any, photos: list[Path], name: str = "pho
             target = library / f"{i:05d}_{photo.name}"
             shutil.copyfile(photo, target)
             os.chmod(target, 0o644)
-        full = replace(Settings(), model=settings, index=IndexSettings(db=str(Path(tmp) / "index.sqlite3")))
+        if batch_size:
+            settings = replace(settings, batch_size=batch_size)
+        full = replace(
+            Settings(),
+            model=settings,
+            index=IndexSettings(db=str(Path(tmp) / "index.sqlite3")),
+            search=SearchSettings(embeddings=embeddings),
+        )
         index = PhotoIndex(full.db_path())
         outcomes: list[Outcome] = []
         # as many exiftool processes (and write threads) as the CLI gives the pipeline
         with ExifToolSession(processes=full.pipeline.effective_exiftool_processes) as exiftool:
             exiftool.version()  # the process is up before the clock starts
             counting = CountingCaptioner(captioner)
+            counting.batch_size = batch_size or captioner.batch_size  # what the pipeline batches by
             pipeline = Pipeline(full, index, exiftool, captioner_factory=lambda: counting, on_outcome=outcomes.append)
             clock = Clock()
             pipeline.start()
@@ -311,6 +332,7 @@ class CountingCaptioner:
     def __init__(self, captioner: Any) -> None:
         self._captioner = captioner
         self.batches: list[int] = []
+        self.batch_size: int = captioner.batch_size
 
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         self.batches.append(len(pixels))
@@ -429,19 +451,26 @@ def fidelity(settings: Any, photos: list[Path], batch: int, fp16_photos: int, se
         "option changes;\ntheir near-flat logits flip on smaller changes than a trained model's, so the shares "
         "are a lower bound.\n"
     )
+    int8 = 0 if settings.device != "cpu" else len(photos)  # int8 kernels exist for the CPU only
     options = [
         Option("fp32 reference", "fp32", 1, False, len(photos)),
         Option("draft decoding", "fp32", 1, True, len(photos)),
         Option(f"batch {batch}", "fp32", batch, False, len(photos)),
         Option("bf16", "bf16", 1, False, len(photos)),
         Option(f"bf16 + batch {batch} + draft", "bf16", batch, True, len(photos)),
+        Option("int8", "int8", 1, False, int8),
+        Option(f"int8 + batch {batch} + draft", "int8", batch, True, int8),
         Option("fp16", "fp16", 1, False, min(fp16_photos, len(photos))),
     ]
     assert not any(is_raw_path(p) for p in photos)
     images = {draft: [load_rgb(p, min_side=384, draft=draft) for p in photos] for draft in (False, True)}
     reference: list[list[int]] = []
+    print(
+        "draft: JPEGs draft-decoded and the model's input made on the device (phototag's fast input, on by default "
+        "with bf16/fp16/int8);\nwithout it: full decode and the processor's own preprocessing (the model card's).\n"
+    )
     print(f"{'option':<26} identical  share  same-prefix tokens  photos/s  note", flush=True)
-    for dtype in ("fp32", "bf16", "fp16"):
+    for dtype in ("fp32", "bf16", "int8", "fp16"):
         chosen = [o for o in options if o.dtype == dtype and o.photos]
         if not chosen:
             continue
@@ -449,13 +478,9 @@ def fidelity(settings: Any, photos: list[Path], batch: int, fp16_photos: int, se
         captioner = load(settings, dtype, batch, *(() if slow else {o.batch for o in chosen}))
         for option in chosen:
             subset = range(option.photos)
+            captioner.device_preprocess = option.draft  # read at each call: the fast input, or the exact one
             pixels = [captioner.preprocess(images[option.draft][i]) for i in subset]
-            only_draft = option.draft and option.dtype == "fp32" and option.batch == 1
-            if only_draft:  # draft only changes big JPEGs; identical inputs give identical outputs
-                full = [captioner.preprocess(images[False][i]) for i in subset]
-                changed = [i for i in subset if not bool((pixels[i] == full[i]).all())]
-            else:
-                changed = list(subset)
+            changed = list(subset)
             ids, seconds = timed_ids(captioner, [pixels[i] for i in changed], option.batch)
             got = dict(zip(changed, ids, strict=True))
             note = ""
@@ -465,8 +490,6 @@ def fidelity(settings: Any, photos: list[Path], batch: int, fp16_photos: int, se
                 same_as_seed = sum(seed_ids[photos[i]] == reference[i] for i in compared)
                 if compared:
                     note = f"= the seed script's ids for {same_as_seed}/{len(compared)} photos"
-            elif only_draft:
-                note = f"draft changes the pixels of {len(changed)}/{option.photos} photos (big JPEGs); rest identical"
             elif option.photos < len(photos):
                 note = f"first {option.photos} photos only"
             same = sum(got[i] == reference[i] for i in changed)
