@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(sys.stdout, out / "gpu.txt")  # type: ignore[assignment]
     started = time.perf_counter()
-    print(f"phototag gpu_check ({throughput.git_rev()}), output also in {out / 'gpu.txt'}")
+    print(f"phototag gpu_check ({throughput.git_rev() or 'no git here'}), output also in {out / 'gpu.txt'}")
     photos = [throughput.CORPUS / PHOTOS[i % len(PHOTOS)] for i in range(args.photos)]
     missing = sorted({str(p) for p in photos if not p.is_file()})
     if missing:
@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from phototag.captioner import Captioner, pick_device, pick_dtype
     from phototag.config import ModelSettings
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     t0 = time.perf_counter()

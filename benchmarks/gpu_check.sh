@@ -24,6 +24,7 @@ if ! "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-di
     exit 2
 fi
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+chmod +x .gpu/exiftool/exiftool 2>/dev/null  # in case the copy lost the bit
 export PATH="$PWD/.gpu/exiftool:$PATH"
 export PHOTOTAG_CORPUS="$PWD/.gpu/photos"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -302,8 +302,8 @@ class Captioner:
 
 
 def quantize_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per call):
-    the CPU's integer matrix kernels, about a quarter of the weight memory.
+    """Dynamic int8 quantization of every Linear layer (weights int8 per output channel, activations
+    quantized at each call): the CPU's integer matrix kernels, a quarter of the Linear weights' memory.
 
     ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of the torchao package, but in
     torch 2.13 it is still there, works, and needs no further dependency; its deprecation warnings
@@ -315,9 +315,11 @@ def quantize_int8(model: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.ao\.quantization")
         warnings.filterwarnings("ignore", category=UserWarning, message=r".*quantize_per_tensor")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)  # no second copy
+        # a scale per output row of each weight: closer to fp32 than one per matrix, at the same speed
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)  # inplace: no second copy
 
 
 def bad_words_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
