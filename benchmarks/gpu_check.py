@@ -83,12 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exiftool_ok = check_environment(photos[0])
 
     import torch
+    from transformers.utils import logging as hf_logging
 
     from benchmarks.blip_large import build_blip_large, describe
     from phototag.captioner import Captioner, pick_device, pick_dtype
     from phototag.config import ModelSettings
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     device = pick_device(args.device)
