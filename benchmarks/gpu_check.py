@@ -116,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'yes' if captioner.device_preprocess else 'no'}, pinned memory {'yes' if captioner.pin_memory else 'no'}"
     )
     print(
-        f"photos      {len(photos)} per line ({len(set(photos))} distinct corpus JPEGs, 1 of them 12 MP), seed loop "
-        f"{args.seed_photos}\n"
+        f"photos      {len(photos)} per line ({len(set(photos))} distinct corpus JPEGs, "
+        f"{sum('big_' in p.name for p in set(photos))} of them 12 MP), seed loop {args.seed_photos}\n"
     )
 
     section("decode photos/s per core", lambda: decode_rates(args, photos, captioner))

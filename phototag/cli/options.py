@@ -40,7 +40,7 @@ model_options = _stack(
         click.option(
             "--dtype",
             type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
-            help="Model precision (int8: CPU only, the fastest there; see README).",
+            help="Model precision (int8: CPU only, quantized Linear layers; README: Speed and precision).",
         ),
         click.option(
             "--overwrite", is_flag=True, default=None, help="Replace descriptions a person wrote (kept by default)."
