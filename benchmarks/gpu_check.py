@@ -43,8 +43,11 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 import phototag.captioner  # noqa: E402,F401  # isort: skip
 from benchmarks import throughput  # noqa: E402
 
-# JPEGs of throughput.py's list (draft decoding applies to JPEGs; no HEIC reader is carried)
-PHOTOS = [name for name in throughput.PHOTOS if name.lower().endswith(".jpg")]
+# JPEGs of throughput.py's list (draft decoding applies to JPEGs; no HEIC reader is carried), less the one
+# whose description a person wrote ("Der Goalie bin ig"): phototag keeps it and never runs the model on it,
+# so the pipeline line would do less work than the raw line it is compared with.
+HAS_HUMAN_CAPTION = {"jpg/xmp/no_exif.jpg"}
+PHOTOS = [name for name in throughput.PHOTOS if name.lower().endswith(".jpg") and name not in HAS_HUMAN_CAPTION]
 
 
 class Tee:
