@@ -88,6 +88,32 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
+def _map_float32_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The float32 tensors of a safetensors file as read-only views of one memory map of it.
+
+    Copying the weights out (``safe_open(...).get_tensor``) cost a cold ``phototag search`` about
+    60 ms of its CPU time, a fresh 90 MB to fill; a map only touches the pages a query uses, from the
+    page cache. Tensors of another dtype (or a file this cannot read) are left to safetensors."""
+    import mmap
+
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return {}
+    start = 8 + header_size
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") != "F32":
+            continue
+        begin, end = info["data_offsets"]
+        count = (end - begin) // 4
+        tensors[name] = np.frombuffer(mapped, dtype="<f4", count=count, offset=start + begin).reshape(info["shape"])
+    return tensors
+
+
 class NumpyBert:
     """A sentence embedder for one text at a time (queries), torch-free."""
 
@@ -108,6 +134,7 @@ class NumpyBert:
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_len)
+        self._mapped = _map_float32_tensors(self.folder / "model.safetensors")
         self._file = safe_open(str(self.folder / "model.safetensors"), framework="np")
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in self._file.keys() else ""
         self._prefix = prefix
@@ -115,7 +142,11 @@ class NumpyBert:
 
     def _w(self, name: str) -> np.ndarray:
         if name not in self._weights:  # read on first use (the word embeddings never whole)
-            self._weights[name] = self._file.get_tensor(self._prefix + name).astype(np.float32, copy=False)
+            mapped = self._mapped.get(self._prefix + name)
+            if mapped is not None:  # float32 as stored: a view of the mapped file, no copy
+                self._weights[name] = mapped
+            else:
+                self._weights[name] = self._file.get_tensor(self._prefix + name).astype(np.float32, copy=False)
         return self._weights[name]
 
     def encode(self, text: str) -> np.ndarray:
@@ -127,8 +158,12 @@ class NumpyBert:
 
     def _encode(self, text: str) -> np.ndarray:
         ids = self.tokenizer.encode(text).ids
-        words = self._file.get_slice(self._prefix + "embeddings.word_embeddings.weight")
-        x = np.stack([words[i : i + 1][0] for i in ids]).astype(np.float32)
+        mapped = self._mapped.get(self._prefix + "embeddings.word_embeddings.weight")
+        if mapped is not None:
+            x = mapped[ids].astype(np.float32)
+        else:
+            words = self._file.get_slice(self._prefix + "embeddings.word_embeddings.weight")
+            x = np.stack([words[i : i + 1][0] for i in ids]).astype(np.float32)
         x = x + self._w("embeddings.position_embeddings.weight")[: len(ids)]
         x = x + self._w("embeddings.token_type_embeddings.weight")[0]
         x = _layer_norm(x, self._w("embeddings.LayerNorm.weight"), self._w("embeddings.LayerNorm.bias"), self.eps)

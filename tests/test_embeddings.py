@@ -37,6 +37,28 @@ def test_numpy_query_vectors_equal_sentence_transformers(minilm: Path) -> None:
     assert np.allclose(query_vector(str(minilm), "food"), reference[1], atol=1e-5)
 
 
+def test_numpy_query_weights_are_mapped_not_copied(minilm: Path, tmp_path: Path) -> None:
+    """float32 weights are views of one memory map of model.safetensors (a cold search does not copy
+    90 MB); a model stored in another dtype still loads, through safetensors, to the same vectors."""
+    from safetensors.numpy import load_file, save_file
+
+    light = query_encoder.load(str(minilm))
+    assert light is not None
+    expected = light.encode(TEXTS[2])
+    assert len(light._weights) > 50
+    for name, weight in light._weights.items():
+        assert not weight.flags.owndata and not weight.flags.writeable, name
+    half = tmp_path / "half"
+    shutil.copytree(minilm, half, ignore=shutil.ignore_patterns("model.safetensors"))
+    tensors = load_file(str(minilm / "model.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(half / "model.safetensors"))
+    light_half = query_encoder.load(str(half))
+    assert light_half is not None
+    vector = light_half.encode(TEXTS[2])
+    assert all(w.dtype == np.float32 and w.flags.owndata for w in light_half._weights.values())
+    assert float(vector @ expected) > 0.999
+
+
 def test_only_bert_mean_pooling_models_take_the_numpy_path(minilm: Path, tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(minilm, copy, ignore=shutil.ignore_patterns("model.safetensors"))
