@@ -143,8 +143,9 @@ fi
 
 # -- phototag ----------------------------------------------------------------------------------------
 if [ "$mode" = test ]; then
-  say "installing phototag (editable) with the test tools and the [postgres] extra"
-  "${pip[@]}" install -e "$REPO[test,postgres]"
+  # [postgres]: the PostgreSQL index tests; [ray]: a real two-node Ray cluster on loopback (tests/test_ray.py)
+  say "installing phototag (editable) with the test tools and the [postgres] and [ray] extras"
+  "${pip[@]}" install -e "$REPO[test,postgres,ray]"
 else
   say "installing phototag"
   "${pip[@]}" install "$REPO"

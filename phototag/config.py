@@ -127,6 +127,11 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    ray_address: str = ""  # empty: caption on this machine; else what ray.init(address=...) takes
+
+
+@dataclass(frozen=True)
 class WatchSettings:
     folders: tuple[str, ...] = ()
     rescan_interval: float = 3600.0
@@ -149,6 +154,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def db_setting(self) -> str:
         """``[index] db`` (or ``--db``), else ``$PHOTOTAG_DB``: a file path, a database URL, or ""."""

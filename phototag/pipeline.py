@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from phototag.caption_backend import CaptionBackend, CaptionFailure
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker, save_vectors
@@ -118,7 +119,7 @@ class Pipeline:
         index: PhotoIndex,
         exiftool: ExifToolSession,
         *,
-        captioner_factory: Callable[[], Captioner] | None = None,
+        captioner_factory: Callable[[], CaptionBackend] | None = None,
         dry_run: bool = False,
         retry_failed: bool = False,
         include_restored: bool = False,
@@ -129,9 +130,10 @@ class Pipeline:
         self.exiftool = exiftool
         self.dry_run = dry_run
         self.planner = Planner(settings, index, exiftool, retry_failed=retry_failed, include_restored=include_restored)
-        self._captioner_factory = captioner_factory or (lambda: Captioner(settings.model))
+        # what runs the model: BLIP in this process, or Ray actors (phototag.cluster) with --ray
+        self._captioner_factory: Callable[[], CaptionBackend] = captioner_factory or (lambda: Captioner(settings.model))
         self._on_outcome = on_outcome or (lambda outcome: None)
-        self.captioner: Captioner | None = None
+        self.captioner: CaptionBackend | None = None
         self.error: BaseException | None = None
         self._decode_workers = settings.pipeline.effective_decode_workers
         self._write_threads = max(1, exiftool.processes)
@@ -422,7 +424,7 @@ class Pipeline:
 
     def _caption_batch(self, batch: list[Task]) -> list[Task]:
         assert self.captioner is not None
-        captions: list[str | None]
+        captions: list[str | CaptionFailure | None]
         try:
             captions = list(self.captioner.caption([task.pixels for task in batch]))
         except Exception as exc:  # e.g. out of memory: fail this batch, keep the run going
@@ -434,7 +436,9 @@ class Pipeline:
             task.pixels = None
             if task.reason:
                 continue
-            if not caption:
+            if isinstance(caption, CaptionFailure):  # this photo alone failed (e.g. a cluster node lost twice)
+                task.reason, task.transient = caption.reason, caption.transient
+            elif not caption:
                 task.reason = "the model produced an empty caption"
             else:
                 task.caption = caption

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phototag.captioner import Captioner
+from phototag.caption_backend import CaptionBackend
 from phototag.config import Settings
 from phototag.daemon_state import DaemonLock, write_state
 from phototag.formats import is_image_path
@@ -166,7 +166,7 @@ class WatchDaemon:
         *,
         index: PhotoIndex,
         exiftool: ExifToolSession,
-        captioner_factory: Callable[[], Captioner] | None = None,
+        captioner_factory: Callable[[], CaptionBackend] | None = None,
         lock: DaemonLock | None = None,
     ) -> None:
         self.settings = settings

@@ -14,7 +14,15 @@ import click
 
 from phototag import last_run
 from phototag.cli.context import AppContext, pass_app
-from phototag.cli.options import apply_model_options, dry_run_option, model_options, paths_argument, progress_option
+from phototag.cli.options import (
+    apply_model_options,
+    caption_backend,
+    dry_run_option,
+    model_options,
+    paths_argument,
+    progress_option,
+    ray_option,
+)
 from phototag.cli.progress import Progress
 from phototag.pipeline import Pipeline
 from phototag.planning import WOULD_WRITE, Outcome
@@ -33,6 +41,7 @@ from phototag.sweep import sweep
     is_flag=True,
     help="Caption again photos that 'phototag restore' put back (skipped otherwise while unchanged).",
 )
+@ray_option
 @progress_option
 @pass_app
 def command(
@@ -41,6 +50,7 @@ def command(
     dry_run: bool,
     retry_failed: bool,
     include_restored: bool,
+    ray_address: str | None,
     no_progress: bool,
     **model_values: Any,
 ) -> None:
@@ -62,11 +72,13 @@ def command(
       phototag backfill /mnt/photos --model ~/models/blip-large --device cuda
       phototag backfill ~/Pictures --dry-run
       phototag backfill ~/Pictures/2019 --include-restored
+      phototag backfill /mnt/photos --ray 192.168.1.20:6379   # the model on a Ray cluster
     """
     settings = apply_model_options(app, model_values)
     roots = app.roots(paths)
     if not dry_run:
         app.lock_index("phototag backfill")  # before anything is written, the stale temps included
+    captioner_factory = caption_backend(app, ray_address)
 
     progress = Progress(enabled=not no_progress, quiet=app.quiet)
 
@@ -94,6 +106,7 @@ def command(
         retry_failed=retry_failed,
         include_restored=include_restored,
         on_outcome=outcome_sink,
+        captioner_factory=captioner_factory,
     ).start()
     threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
     completed = _feed(pipeline, roots)

@@ -4,18 +4,22 @@
 - ``progress_option``: ``--no-progress`` (backfill, restore, reindex).
 - ``dry_run_option``: ``--dry-run`` (backfill, prune); each command says what its dry run shows.
 - ``paths_argument``: the PATHS a command works on (backfill, restore, prune, watch).
+- ``ray_option`` (+ ``caption_backend``): ``--ray ADDRESS``, the model on a Ray cluster (backfill, watch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from phototag.cli.context import AppContext
 from phototag.config import Settings
+
+if TYPE_CHECKING:
+    from phototag.caption_backend import CaptionBackend
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -46,6 +50,14 @@ model_options = _stack(
             "--overwrite", is_flag=True, default=None, help="Replace descriptions a person wrote (kept by default)."
         ),
     ]
+)
+
+ray_option = click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run the model on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: [cluster] ray_address). "
+    "Decoding, metadata writes and the index stay on this machine. Needs phototag[ray].",
 )
 
 progress_option = click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
@@ -80,3 +92,28 @@ def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
+
+
+def caption_backend(app: AppContext, ray_address: str | None) -> Callable[[], CaptionBackend] | None:
+    """With ``--ray`` (or ``[cluster] ray_address``): join the cluster now, so a wrong address or a
+    missing token stops the command at once, and return what starts the model's actors when the first
+    photo needs them. Without it: None (the model in this process), and Ray is never imported."""
+    settings = app.with_overrides("cluster", ray_address=ray_address)
+    address = settings.cluster.ray_address
+    if not address:
+        return None
+    from phototag.cluster import ClusterError, RayCaptioner, connect, disconnect
+
+    try:
+        connect(address)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    app.on_close(disconnect)
+    model = settings.model
+
+    def start() -> CaptionBackend:
+        captioner = RayCaptioner(model)
+        app.on_close(captioner.close)
+        return captioner
+
+    return start

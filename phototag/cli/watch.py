@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phototag.cli.context import AppContext, pass_app
-from phototag.cli.options import apply_model_options, model_options, paths_argument
+from phototag.cli.options import apply_model_options, caption_backend, model_options, paths_argument, ray_option
 
 if TYPE_CHECKING:
     from phototag.config import Settings
@@ -26,8 +26,9 @@ log = logging.getLogger("phototag.watch")
 @click.command("watch")
 @paths_argument()
 @model_options
+@ray_option
 @pass_app
-def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> None:
+def command(app: AppContext, paths: tuple[Path, ...], ray_address: str | None, **model_values: Any) -> None:
     """Watch PATHS (default: the config's [watch] folders) and caption new photos as they arrive.
 
     New, changed and moved-in photos are captioned once their copy has settled; moved and renamed
@@ -43,6 +44,7 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
       phototag watch ~/Pictures /mnt/uploads --batch-size 8
       phototag watch                           # the config's [watch] folders
       systemctl --user enable --now phototag   # see contrib/phototag.service
+      phototag watch /mnt/photos --ray auto    # the model on the Ray cluster this machine is part of
     """
     from phototag.safe_write import clean_stale_temps
     from phototag.watch import WatchDaemon
@@ -63,7 +65,10 @@ def command(app: AppContext, paths: tuple[Path, ...], **model_values: Any) -> No
     stale = clean_stale_temps(roots)  # temps of dead writers (and old ones of other hosts); never a live one's
     if stale:
         log.info("removed %d temp files left by an interrupted run", len(stale))
-    daemon = WatchDaemon(settings, roots, index=index, exiftool=exiftool, lock=lock)
+    captioner_factory = caption_backend(app, ray_address)
+    daemon = WatchDaemon(
+        settings, roots, index=index, exiftool=exiftool, lock=lock, captioner_factory=captioner_factory
+    )
     watch = settings.watch
     log.info(
         "watching %s (settle %gs, rescan %s, index %s)",

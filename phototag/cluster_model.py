@@ -1,0 +1,67 @@
+"""The model's side of ``--ray``: a Ray actor that holds BLIP and captions batches of uint8 pixels.
+
+It runs on a cluster node, not on the machine that holds the photos: the driver
+(:mod:`phototag.cluster`) decodes and resizes each photo to the model's input size and sends uint8
+pixels; the actor scales and normalises them as BLIP's image processor would, runs
+:class:`~phototag.captioner.Captioner`, and sends captions back. The model loads once per actor, from
+the same ``[model]`` settings as the driver's, so the model folder must exist at that path on every
+node (or be a hub id the node has cached).
+
+``CaptionModel`` is a class-based callable in the shape Ray Data's ``map_batches`` takes (a dict of
+arrays in, a dict of arrays out), so it serves a Ray Data pipeline as well as the driver's actor pool.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import numpy as np
+
+from phototag.captioner import Captioner
+from phototag.config import ModelSettings
+
+
+class CaptionModel:
+    """BLIP on one Ray worker: ``{"pixels": uint8 N x H x W x 3}`` -> ``{"caption": N strings}``."""
+
+    def __init__(self, settings: ModelSettings, threads: int = 0) -> None:
+        if threads > 0:
+            # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1); a CPU actor may use its node
+            import torch
+
+            torch.set_num_threads(threads)
+        self.captioner = Captioner(settings)
+        processor = self.captioner.processor.image_processor
+        self._scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+        self._normalize = bool(processor.do_normalize)
+        self._mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(processor.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._resample = int(processor.resample)
+
+    def describe(self) -> dict[str, Any]:
+        """What the driver needs to decode for this model, and where the actor runs."""
+        c = self.captioner
+        return {
+            "input_size": c.input_size,
+            "resample": self._resample,
+            "draft_decode": c.draft_decode,
+            "batch_size": c.batch_size,
+            "device": c.device,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        pixels = batch["pixels"].astype(np.float32).transpose(0, 3, 1, 2) * self._scale  # N x 3 x H x W
+        if self._normalize:
+            pixels = (pixels - self._mean) / self._std
+        tensors = list(torch.from_numpy(np.ascontiguousarray(pixels)))
+        return {"caption": np.asarray(self.captioner.caption(tensors), dtype=object)}
+
+    def caption(self, pixels: np.ndarray) -> list[str]:
+        """The actor method the driver calls: one caption per photo of ``pixels``."""
+        return [str(text) for text in self({"pixels": pixels})["caption"]]
