@@ -1,0 +1,228 @@
+"""``--ray ADDRESS``: the model on a real two-node Ray cluster on loopback, started once for this module.
+
+The head and the worker node are each a ``ray start ... --block`` in their own process group (killing
+the group kills that node whole: raylet, object store, its workers), with token authentication as
+``ray start --head`` turns it on since Ray 2.52: the token reaches the nodes and phototag through
+``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``. One CPU and a small object store per node: the machine
+is shared. The photos, the index and exiftool stay in this process's tmp folders (the driver).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, WriteSpy, copy_from_corpus, description, run_cli, wait_until, write_config
+from tests.metadata_checks import allowed_changes, changed_tags, exiftool_json, pixels
+
+pytestmark = pytest.mark.timeout(600)
+
+RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+NODE = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000", "--disable-usage-stats"]
+PHOTOS = [
+    "jpg/Canon_40D.jpg",  # EXIF only
+    "jpg/Nikon_D70.jpg",
+    "jpg/Pentax_K10D.jpg",
+    "jpg/Sony_HDR-HC3.jpg",
+    "jpg/XMP.jpg",  # a person's XMP description: kept
+    "jpg/IPTC.jpg",  # an IPTC caption: kept
+]
+
+
+@dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]  # what a driver needs: the token, and this checkout first on the path
+    head: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    logs: Path
+
+    def stop_node(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        """Signal the node's whole process group (``ray start --block`` and everything it started)."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as sock:  # the kernel's ephemeral range: above Ray's worker ports
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _alive_nodes(cluster_env: dict[str, str], address: str) -> int:
+    code = (
+        "import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+        "print(sum(1 for n in ray.nodes() if n['Alive']))" % address
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip() or 0)
+
+
+def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    assert RAY is not None, "ray is not installed: contrib/setup.sh --test installs phototag[ray]"
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [RAY, "start", *args, *NODE, "--block"], env=env, stdout=out, stderr=out, start_new_session=True
+        )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Cluster]:
+    temp = Path(tempfile.mkdtemp(prefix="ptray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=uuid.uuid4().hex,
+        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _start_node(
+        ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], env, temp / "head.log"
+    )
+    worker = None
+    try:
+        wait_until(lambda: "--block" in (temp / "head.log").read_text(errors="replace"), 180, "the Ray head")
+        worker = _start_node([f"--address={address}"], env, temp / "worker.log")
+        wait_until(lambda: _alive_nodes(env, address) == 2, 180, "two live Ray nodes", poll=1)
+        yield Cluster(address, env, head, worker, temp)
+    finally:
+        cluster = Cluster(address, env, head, worker or head, temp)
+        if worker is not None:
+            cluster.stop_node(worker)
+        cluster.stop_node(head)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _phototag(cluster: Cluster, config: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "phototag", "--config", str(config), *args],
+        env=cluster.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def _rows(db: Path) -> dict[str, tuple[str, str | None]]:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return {Path(p).name: (s, c) for p, s, c in conn.execute("SELECT path, status, caption FROM photos")}
+
+
+def test_backfill_on_ray_captions_like_the_local_model_and_damages_nothing(
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    on_ray = copy_from_corpus(PHOTOS, tmp_path / "on-ray")
+    here = copy_from_corpus(PHOTOS, tmp_path / "here")
+    before = {p.name: (exiftool_json(p), pixels(p)) for p in on_ray}
+    config = write_config(tmp_path, tiny_model, db=tmp_path / "ray.sqlite3", batch_size=2)
+    local_config = write_config(tmp_path / "here", tiny_model, db=tmp_path / "here.sqlite3", batch_size=2)
+
+    result = _phototag(ray_cluster, config, "backfill", str(tmp_path / "on-ray"), "--ray", ray_cluster.address)
+    assert result.returncode == 0, result.stderr
+    assert "captioned 4, kept human captions 2" in result.stderr and "failed 0" in result.stderr
+    assert run_cli(local_config, "backfill", str(tmp_path / "here")).exit_code == 0
+
+    # the same model settings and the same resize: the actors caption exactly as this machine does
+    rows, local_rows = _rows(tmp_path / "ray.sqlite3"), _rows(tmp_path / "here.sqlite3")
+    assert rows == local_rows and all(status == "done" for status, _ in rows.values())
+    for photo in on_ray:
+        after = exiftool_json(photo)
+        assert changed_tags(before[photo.name][0], after) <= allowed_changes(before[photo.name][0], photo)
+        assert pixels(photo) == before[photo.name][1], f"{photo.name}: pixels changed"
+        if photo.name not in ("XMP.jpg", "IPTC.jpg"):  # a person's words stay as they were written
+            assert description(photo) == rows[photo.name][1]
+    assert len(here) == len(on_ray)
+
+    # a rerun has nothing to caption: it neither starts actors nor changes a file
+    stamps = {p.name: p.stat().st_mtime_ns for p in on_ray}
+    again = _phototag(ray_cluster, config, "backfill", str(tmp_path / "on-ray"), "--ray", ray_cluster.address)
+    assert again.returncode == 0, again.stderr
+    assert "captioned 0" in again.stderr and "skipped (unchanged) 6" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in on_ray} == stamps
+
+
+def _distinct_jpegs(folder: Path, count: int) -> list[Path]:
+    """Photos that differ in content (so none looks like a moved copy of another)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    photos = []
+    for i in range(count):
+        path = folder / f"photo-{i:03d}.jpg"
+        Image.effect_noise((96, 72), 40 + i).convert("RGB").save(path, quality=85)
+        photos.append(path)
+    return photos
+
+
+def test_a_worker_node_killed_mid_backfill_loses_nothing(
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    photos = _distinct_jpegs(lib, 40)
+    db = tmp_path / "index.sqlite3"
+    # one photo per model call and slow generation: the run lasts long enough to lose a node in it
+    config = write_config(tmp_path, tiny_model, db=db, batch_size=1, extra="")
+    config.write_text(
+        config.read_text().replace("max_new_tokens = 8\nnum_beams = 1", "max_new_tokens = 24\nnum_beams = 4")
+    )
+    spy = WriteSpy(lib)
+    log = tmp_path / "run.log"
+    try:
+        with open(log, "w") as stderr:
+            run = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "phototag",
+                    "--config",
+                    str(config),
+                    "-v",
+                    "backfill",
+                    str(lib),
+                    "--ray",
+                    ray_cluster.address,
+                ],
+                env=ray_cluster.env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        try:
+            wait_until(lambda: sum(spy.writes.values()) >= 4 or run.poll() is not None, 300, "the first captions")
+            assert run.poll() is None, "the backfill ended before a node could be lost: give it more photos"
+            ray_cluster.stop_node(ray_cluster.worker, signal.SIGKILL)  # the node dies: no goodbye to the head
+            assert run.wait(timeout=300) == 0, log.read_text()
+        finally:
+            if run.poll() is None:
+                run.kill()
+        wait_until(lambda: sum(spy.writes.values()) >= len(photos), 30, "every write seen")
+    finally:
+        spy.stop()
+    output = log.read_text()
+    assert "sending it again" in output, output  # a batch was in the lost node's hands (or sent to it)
+    assert f"captioned {len(photos)}," in output and "failed 0" in output, output
+    assert spy.writes == {str(p): 1 for p in photos}  # every photo written once, none twice
+    rows = _rows(db)
+    assert all(status == "done" and caption for status, caption in rows.values()) and len(rows) == len(photos)
