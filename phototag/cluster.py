@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any

@@ -69,8 +69,8 @@ def _free_port() -> int:
 
 def _alive_nodes(cluster_env: dict[str, str], address: str) -> int:
     code = (
-        "import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-        "print(sum(1 for n in ray.nodes() if n['Alive']))" % address
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False); "
+        "print(sum(1 for n in ray.nodes() if n['Alive']))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True, timeout=120)
     return int(out.stdout.strip() or 0)
@@ -161,6 +161,60 @@ def test_backfill_on_ray_captions_like_the_local_model_and_damages_nothing(
     assert again.returncode == 0, again.stderr
     assert "captioned 0" in again.stderr and "skipped (unchanged) 6" in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in on_ray} == stamps
+
+
+def test_ray_is_never_imported_without_ray(tiny_model: Path, tmp_path: Path) -> None:
+    copy_from_corpus(PHOTOS[:2], tmp_path / "lib")
+    config = write_config(tmp_path, tiny_model)
+    code = (
+        "import sys\n"
+        "from phototag.cli import main\n"
+        f"main(['--config', {str(config)!r}, 'backfill', {str(tmp_path / 'lib')!r}], standalone_mode=False)\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "captioned 2" in out.stderr and out.stdout.strip() == "[]"
+
+
+def test_without_ray_installed_the_error_says_which_extra(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is missing
+    copy_from_corpus(PHOTOS[:1], tmp_path / "lib")
+    result = run_cli(write_config(tmp_path, tiny_model), "backfill", str(tmp_path / "lib"), "--ray", "auto")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: Ray is not installed: install phototag[ray] (pip install 'phototag[ray]')"
+    assert not (tmp_path / "index.sqlite3").exists() or _rows(tmp_path / "index.sqlite3") == {}
+
+
+def test_an_address_nobody_listens_at_fails_at_once_in_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    copy_from_corpus(PHOTOS[:1], tmp_path / "lib")
+    address = f"127.0.0.1:{_free_port()}"
+    result = run_cli(write_config(tmp_path, tiny_model), "backfill", str(tmp_path / "lib"), "--ray", address)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: cannot connect to the Ray cluster at {address}: Connection refused "
+        "(is `ray start --head` running there?)\n"
+    )
+
+
+def test_a_cluster_with_token_auth_and_no_token_here_says_so(
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    copy_from_corpus(PHOTOS[:1], tmp_path / "lib")
+    config = write_config(tmp_path, tiny_model, extra=f'[cluster]\nray_address = "{ray_cluster.address}"\n')
+    env = {k: v for k, v in ray_cluster.env.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    out = subprocess.run(
+        [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(tmp_path / "lib")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"Error: the Ray cluster at {ray_cluster.address} needs an auth token: set RAY_AUTH_MODE=token"
+    )
 
 
 def _distinct_jpegs(folder: Path, count: int) -> list[Path]:
