@@ -119,7 +119,7 @@ def measure(
 def pipeline_rate(model: ModelSettings, captioner: RayCaptioner, photos: list[Path], folder: Path) -> float:
     """photos/s of phototag's real Pipeline (plan, decode, caption on the cluster, exiftool write, index)
     on fresh copies, with the actors already started (as in a long backfill)."""
-    from phototag.config import IndexSettings, SearchSettings, Settings
+    from phototag.config import IndexSettings, MetadataSettings, SearchSettings, Settings
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
     from phototag.pipeline import Pipeline
@@ -133,6 +133,7 @@ def pipeline_rate(model: ModelSettings, captioner: RayCaptioner, photos: list[Pa
         model=model,
         index=IndexSettings(db=str(folder / "index.sqlite3")),
         search=SearchSettings(embeddings=False),
+        metadata=MetadataSettings(overwrite=True),  # corpus photos with a person's caption are captioned too
     )
     index = PhotoIndex(settings.db_path())
     outcomes: list[Outcome] = []

@@ -139,6 +139,15 @@ def test_backfill_on_ray_captions_like_the_local_model_and_damages_nothing(
     config = write_config(tmp_path, tiny_model, db=tmp_path / "ray.sqlite3", batch_size=2)
     local_config = write_config(tmp_path / "here", tiny_model, db=tmp_path / "here.sqlite3", batch_size=2)
 
+    # a dry run on the cluster says what it would write and changes nothing
+    dry = _phototag(
+        ray_cluster, config, "backfill", str(tmp_path / "on-ray"), "--ray", ray_cluster.address, "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: would caption 4" in dry.stderr
+    would = {Path(line.split("\t")[0]).name: line.split("\t")[2] for line in dry.stdout.splitlines()}
+    assert {p.name: exiftool_json(p) for p in on_ray} == {name: tags for name, (tags, _) in before.items()}
+
     result = _phototag(ray_cluster, config, "backfill", str(tmp_path / "on-ray"), "--ray", ray_cluster.address)
     assert result.returncode == 0, result.stderr
     assert "captioned 4, kept human captions 2" in result.stderr and "failed 0" in result.stderr
@@ -147,6 +156,7 @@ def test_backfill_on_ray_captions_like_the_local_model_and_damages_nothing(
     # the same model settings and the same resize: the actors caption exactly as this machine does
     rows, local_rows = _rows(tmp_path / "ray.sqlite3"), _rows(tmp_path / "here.sqlite3")
     assert rows == local_rows and all(status == "done" for status, _ in rows.values())
+    assert would == {name: caption for name, (_, caption) in rows.items() if name not in ("XMP.jpg", "IPTC.jpg")}
     for photo in on_ray:
         after = exiftool_json(photo)
         assert changed_tags(before[photo.name][0], after) <= allowed_changes(before[photo.name][0], photo)
