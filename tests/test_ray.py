@@ -146,7 +146,7 @@ def test_backfill_on_ray_captions_like_the_local_model_and_damages_nothing(
     assert dry.returncode == 0, dry.stderr
     assert "dry run: would caption 4" in dry.stderr
     would = {Path(line.split("\t")[0]).name: line.split("\t")[2] for line in dry.stdout.splitlines()}
-    assert {p.name: exiftool_json(p) for p in on_ray} == {name: tags for name, (tags, _) in before.items()}
+    assert all(changed_tags(before[p.name][0], exiftool_json(p)) == set() for p in on_ray)
 
     result = _phototag(ray_cluster, config, "backfill", str(tmp_path / "on-ray"), "--ray", ray_cluster.address)
     assert result.returncode == 0, result.stderr
