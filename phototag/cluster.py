@@ -42,6 +42,8 @@ TOKEN_HINT = (
 # Longest wait for the actors to load the model (a node importing torch on a busy machine is slow);
 # a cluster without a free CPU or GPU for them fails after it with one line instead of hanging.
 ACTOR_START_S = 300.0
+# How long the address may take to answer before phototag says it cannot connect.
+PROBE_TIMEOUT_S = 10.0
 # A chunk is sent this many times in all before its photos fail.
 ATTEMPTS = 2
 
@@ -85,7 +87,7 @@ def _probe(address: str) -> None:
     if address == "auto" or "://" in address or not sep or not port.isdigit():
         return  # "auto" and ray:// (Ray Client) are resolved by ray.init itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ClusterError(
@@ -98,7 +100,7 @@ def _probe(address: str) -> None:
     if gcs_client is None:
         return
     try:
-        gcs_client(address=address).internal_kv_get(b"phototag-probe", None, timeout=10)
+        gcs_client(address=address).internal_kv_get(b"phototag-probe", None, timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.AuthenticationError:
         raise ClusterError(f"the Ray cluster at {address} needs an auth token: {TOKEN_HINT}") from None
     except (ray.exceptions.RayError, TypeError, OSError) as exc:  # left to ray.init, which says more

@@ -227,6 +227,37 @@ def test_a_cluster_with_token_auth_and_no_token_here_says_so(
     )
 
 
+def test_watch_on_ray_captions_a_new_photo_and_stops_on_sigterm(
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    db = tmp_path / "index.sqlite3"
+    extra = f'[watch]\nsettle_seconds = 0.3\nrescan_interval = 0\n[cluster]\nray_address = "{ray_cluster.address}"\n'
+    config = write_config(tmp_path, tiny_model, db=db, extra=extra)  # the address from the config this time
+    log = tmp_path / "watch.log"
+    with open(log, "w") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+            env=ray_cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "watching" in log.read_text() or daemon.poll() is not None, 120, "the daemon to start")
+        assert daemon.poll() is None, log.read_text()
+        [photo] = copy_from_corpus(PHOTOS[:1], tmp_path / "incoming")
+        photo = Path(shutil.move(photo, lib / photo.name))
+        wait_until(
+            lambda: db.exists() and _rows(db).get(photo.name, ("",))[0] == "done", 300, "the new photo captioned"
+        )
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert description(photo) == _rows(db)[photo.name][1]
+    assert "stopped" in log.read_text()
+
+
 def _distinct_jpegs(folder: Path, count: int) -> list[Path]:
     """Photos that differ in content (so none looks like a moved copy of another)."""
     from PIL import Image
@@ -240,39 +271,66 @@ def _distinct_jpegs(folder: Path, count: int) -> list[Path]:
     return photos
 
 
+def _slow_config(tmp_path: Path, tiny_model: Path, db: Path) -> Path:
+    """One photo per model call and slow generation: a run lasts long enough to interrupt."""
+    config = write_config(tmp_path, tiny_model, db=db, batch_size=1)
+    text = config.read_text().replace("max_new_tokens = 8\nnum_beams = 1", "max_new_tokens = 24\nnum_beams = 4")
+    config.write_text(text)
+    return config
+
+
+def _backfill(cluster: Cluster, config: Path, lib: Path, log: Path) -> subprocess.Popen[bytes]:
+    args = ["-m", "phototag", "--config", str(config), "-v", "backfill", str(lib), "--ray", cluster.address]
+    with open(log, "a") as stderr:  # its own session: a Ctrl-C goes to it alone, as in a terminal
+        return subprocess.Popen(
+            [sys.executable, *args], env=cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def test_ctrl_c_on_ray_stops_cleanly_and_the_rerun_captions_only_the_rest(
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    photos = _distinct_jpegs(lib, 30)
+    db = tmp_path / "index.sqlite3"
+    config = _slow_config(tmp_path, tiny_model, db)
+    spy = WriteSpy(lib)
+    try:
+        run = _backfill(ray_cluster, config, lib, tmp_path / "first.log")
+        try:
+            wait_until(lambda: sum(spy.writes.values()) >= 3 or run.poll() is not None, 300, "the first captions")
+            assert run.poll() is None, "the backfill ended before Ctrl-C: give it more photos"
+            os.killpg(run.pid, signal.SIGINT)
+            assert run.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+        first = (tmp_path / "first.log").read_text()
+        assert "stopping: finishing the batch in flight" in first
+        done = {name for name, (status, _) in _rows(db).items() if status == "done"}
+        assert 3 <= len(done) < len(photos) and all(status in ("done", "pending") for status, _ in _rows(db).values())
+        rerun = _backfill(ray_cluster, config, lib, tmp_path / "rerun.log")
+        assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()
+        assert f"captioned {len(photos) - len(done)}," in (tmp_path / "rerun.log").read_text()
+        wait_until(lambda: sum(spy.writes.values()) >= len(photos), 30, "every write seen")
+    finally:
+        spy.stop()
+    assert spy.writes == {str(p): 1 for p in photos}  # the index is the checkpoint: nothing captioned twice
+    assert all(status == "done" for status, _ in _rows(db).values())
+
+
 def test_a_worker_node_killed_mid_backfill_loses_nothing(
     ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
 ) -> None:
     lib = tmp_path / "lib"
     photos = _distinct_jpegs(lib, 40)
     db = tmp_path / "index.sqlite3"
-    # one photo per model call and slow generation: the run lasts long enough to lose a node in it
-    config = write_config(tmp_path, tiny_model, db=db, batch_size=1, extra="")
-    config.write_text(
-        config.read_text().replace("max_new_tokens = 8\nnum_beams = 1", "max_new_tokens = 24\nnum_beams = 4")
-    )
+    config = _slow_config(tmp_path, tiny_model, db)
     spy = WriteSpy(lib)
     log = tmp_path / "run.log"
     try:
-        with open(log, "w") as stderr:
-            run = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "phototag",
-                    "--config",
-                    str(config),
-                    "-v",
-                    "backfill",
-                    str(lib),
-                    "--ray",
-                    ray_cluster.address,
-                ],
-                env=ray_cluster.env,
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        run = _backfill(ray_cluster, config, lib, log)
         try:
             wait_until(lambda: sum(spy.writes.values()) >= 4 or run.poll() is not None, 300, "the first captions")
             assert run.poll() is None, "the backfill ended before a node could be lost: give it more photos"
