@@ -2,10 +2,10 @@
 
 It runs on a cluster node, not on the machine that holds the photos: the driver
 (:mod:`phototag.cluster`) decodes and resizes each photo to the model's input size and sends uint8
-pixels; the actor scales and normalises them as BLIP's image processor would, runs
-:class:`~phototag.captioner.Captioner`, and sends captions back. The model loads once per actor, from
-the same ``[model]`` settings as the driver's, so the model folder must exist at that path on every
-node (or be a hub id the node has cached).
+pixels; the actor hands them to :class:`~phototag.captioner.Captioner` as decoded photos (its fast
+input: rescaled and normalised as one batch on the actor's device) and sends captions back. The model
+loads once per actor, from the same ``[model]`` settings as the driver's, so the model folder must
+exist at that path on every node (or be a hub id the node has cached).
 
 ``CaptionModel`` is a class-based callable in the shape Ray Data's ``map_batches`` takes (a dict of
 arrays in, a dict of arrays out), so it serves a Ray Data pipeline as well as the driver's actor pool.
@@ -33,12 +33,7 @@ class CaptionModel:
 
             torch.set_num_threads(threads)
         self.captioner = Captioner(settings)
-        processor = self.captioner.processor.image_processor
-        self._scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-        self._normalize = bool(processor.do_normalize)
-        self._mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._std = np.asarray(processor.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._resample = int(processor.resample)
+        self._resample = int(self.captioner.processor.image_processor.resample)
 
     def describe(self) -> dict[str, Any]:
         """What the driver needs to decode for this model, and where the actor runs."""
@@ -56,10 +51,8 @@ class CaptionModel:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        pixels = batch["pixels"].astype(np.float32).transpose(0, 3, 1, 2) * self._scale  # N x 3 x H x W
-        if self._normalize:
-            pixels = (pixels - self._mean) / self._std
-        tensors = list(torch.from_numpy(np.ascontiguousarray(pixels)))
+        # uint8 H x W x 3 photos already at the input size: the captioner only rescales and normalises them
+        tensors = list(torch.from_numpy(np.ascontiguousarray(batch["pixels"], dtype=np.uint8)))
         return {"caption": np.asarray(self.captioner.caption(tensors), dtype=object)}
 
     def caption(self, pixels: np.ndarray) -> list[str]:
