@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum('big_' in p.name for p in set(photos))} of them 12 MP), seed loop {args.seed_photos}\n"
     )
 
-    section("decode photos/s per core", lambda: decode_rates(args, photos, captioner))
+    if not args.skip_decode:
+        section("decode photos/s per core", lambda: decode_rates(args, photos, captioner))
     print(throughput.LINE_HEADER)
     rates: dict[str, float] = {}
     for batch in args.batches:
@@ -142,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
         ratio(rates, f"phototag {batch}", f"raw {batch}", f"phototag/raw at batch {batch}", 0.9)
+        if exiftool_ok and args.variants:
+            variants(args, settings, captioner, photos, batch, rates)
+    if args.skip_seed:
+        print(f"total {time.perf_counter() - started:.0f} s")
+        return 0
     throughput.warm_up(captioner, 1)
     seed_ids: dict[Path, list[int]] = {}
     section(
@@ -176,7 +182,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=str(Path(tempfile.gettempdir()) / "phototag-bench" / "blip-large"),
         help="where the random BLIP-large is built (1.8 GB)",
     )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also the pipeline with a 0.5 ms GIL switch interval, and with 4 and 8 threads (what limits it)",
+    )
+    parser.add_argument("--skip-decode", action="store_true", help="leave out the decode lines")
+    parser.add_argument("--skip-seed", action="store_true", help="leave out the seed loop")
     return parser.parse_args(argv)
+
+
+def variants(
+    args: argparse.Namespace, settings: Any, captioner: Any, photos: list[Path], batch: int, rates: dict[str, float]
+) -> None:
+    """The pipeline line again, changing one thing each time: which of them moves it says what limits it.
+    The GIL: the caption thread gives it up at each GPU sync and waits up to the switch interval (5 ms)
+    to get it back while decode and write threads run Python; fewer threads: less to wait behind."""
+    from phototag.config import PipelineSettings
+
+    default = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.0005)
+        section(
+            f"phototag, batch {batch}, switch interval 0.5 ms",
+            lambda: line(
+                rates,
+                f"phototag {batch} switch",
+                throughput.phototag(
+                    settings, captioner, photos, f"b{batch} switch 0.5ms", batch_size=batch, embeddings=False
+                ),
+            ),
+        )
+    finally:
+        sys.setswitchinterval(default)
+    for threads in (4, 8):
+        section(
+            f"phototag, batch {batch}, {threads} threads",
+            lambda n=threads: line(
+                rates,
+                f"phototag {batch} {n} threads",
+                throughput.phototag(
+                    settings,
+                    captioner,
+                    photos,
+                    f"b{batch} {n} decode+write",
+                    batch_size=batch,
+                    embeddings=False,
+                    pipeline=PipelineSettings(decode_workers=n, exiftool_processes=n),
+                ),
+            ),
+        )
 
 
 def section(name: str, run: Callable[[], Any]) -> None:

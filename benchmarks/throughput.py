@@ -277,6 +277,7 @@ def phototag(
     name: str = "phototag",
     *,
     batch_size: int = 0,
+    pipeline: Any = None,
     embeddings: bool = True,
 ) -> Line:
     """The real Pipeline: copies of the photos, a throwaway index, exiftool writes; model already loaded.
@@ -304,6 +305,8 @@ def phototag(
             index=IndexSettings(db=str(Path(tmp) / "index.sqlite3")),
             search=SearchSettings(embeddings=embeddings),
         )
+        if pipeline is not None:
+            full = replace(full, pipeline=pipeline)
         index = PhotoIndex(full.db_path())
         outcomes: list[Outcome] = []
         # as many exiftool processes (and write threads) as the CLI gives the pipeline
@@ -319,6 +322,7 @@ def phototag(
             pipeline.close()
             sizes = ",".join(map(str, counting.batches))
             line = clock.line(name, len(photos), f"decode + caption + exiftool write + index; batches {sizes}")
+            line.note += f"; in the model {counting.model_s:.1f} s"
         index.close()
         failed = [o for o in outcomes if o.kind != CAPTIONED]
         if failed or len(outcomes) != len(photos):
@@ -333,10 +337,15 @@ class CountingCaptioner:
         self._captioner = captioner
         self.batches: list[int] = []
         self.batch_size: int = captioner.batch_size
+        self.model_s = 0.0  # wall seconds inside the model: near the line's wall time, the model is the limit
 
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         self.batches.append(len(pixels))
-        return self._captioner.caption(pixels)
+        started = time.perf_counter()
+        try:
+            return self._captioner.caption(pixels)
+        finally:
+            self.model_s += time.perf_counter() - started
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._captioner, name)
