@@ -20,7 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +30,8 @@ from phototag.query import Query
 from phototag.schema import DONE
 from phototag.search import (
     FEW_KEPT_SEMANTIC,
-    KEYWORD,
-    MODES,
     RANK_CAP,
-    RRF_K,
-    SEMANTIC,
+    Ranker,
     SearchError,
     SearchHit,
 )
@@ -87,7 +84,7 @@ def _tags(tags: Sequence[str], joiner: str) -> str:
     return f" {joiner} ".join(f"'{tag}':B" for tag in tags)
 
 
-class PgFinder:
+class PgFinder(Ranker["PgVectorCopy"]):
     """Runs queries against one PostgreSQL index connection (psycopg, autocommit)."""
 
     def __init__(self, conn: Any) -> None:
@@ -218,35 +215,7 @@ class PgFinder:
                 break
         return ranking[:want]
 
-    # -- both ------------------------------------------------------------------------------------
-
-    def search(
-        self,
-        query: Query,
-        *,
-        mode: str = KEYWORD,
-        limit: int = 20,
-        store: PgVectorCopy | None = None,
-        embed: Callable[[str], np.ndarray] | None = None,
-        min_similarity: float = -1.0,
-    ) -> list[SearchHit]:
-        """Best-first hits, as :meth:`phototag.search.Finder.search` gives them on SQLite."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
-        if query.is_empty and not query.text:
-            return self.hits(self.filtered(query, limit)) if query.has_filters else []
-        if mode == KEYWORD or not query.text:
-            return self.hits(self.keyword_ranking(query, limit))
-        if store is None or embed is None:
-            raise SearchError("semantic search needs caption vectors and an embedding model")
-        vector = embed(query.text)
-        if mode == SEMANTIC:
-            return self.hits(self.semantic_ranking(query, store, vector, limit, min_similarity))
-        depth = max(100, 2 * limit)
-        fused = fuse(
-            self.keyword_ranking(query, depth), self.semantic_ranking(query, store, vector, depth, min_similarity)
-        )
-        return self.hits(fused[:limit])
+    # -- hits ------------------------------------------------------------------------------------
 
     def hits(self, ranking: Sequence[tuple[int, float]]) -> list[SearchHit]:
         if not ranking:
@@ -273,15 +242,6 @@ class PgFinder:
 
     def vector_models(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT model FROM photo_embeddings ORDER BY model")]
-
-
-def fuse(*rankings: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion (as :meth:`phototag.search.Finder.fuse`)."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (photo_id, _) in enumerate(ranking, start=1):
-            scores[photo_id] = scores.get(photo_id, 0.0) + 1.0 / (RRF_K + rank)
-    return sorted(scores.items(), key=lambda item: -item[1])
 
 
 # -- this machine's copy of the vectors ---------------------------------------------------------------

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from phototag.migrations import upgrade
 from phototag.query import Query
@@ -91,7 +92,69 @@ def _in_list(values: Iterable[int]) -> str:
     return json.dumps([int(v) for v in values])
 
 
-class Finder:
+StoreT = TypeVar("StoreT")  # where the caption vectors are searched: a VectorStore, or PostgreSQL's copy
+
+
+class Ranker(ABC, Generic[StoreT]):
+    """What every index's search engine shares (SQLite's :class:`Finder`, PostgreSQL's
+    :class:`phototag.pg_search.PgFinder`): how a query's mode combines the rankings each engine makes."""
+
+    @abstractmethod
+    def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]: ...
+
+    @abstractmethod
+    def semantic_ranking(
+        self, query: Query, store: StoreT, vector: np.ndarray, want: int, min_similarity: float = -1.0
+    ) -> list[tuple[int, float]]: ...
+
+    @abstractmethod
+    def filtered(self, query: Query, want: int) -> list[tuple[int, float]]: ...
+
+    @abstractmethod
+    def hits(self, ranking: Sequence[tuple[int, float]]) -> list[SearchHit]: ...
+
+    @staticmethod
+    def fuse(*rankings: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Reciprocal rank fusion: a photo high in either list, or fairly high in both, wins."""
+        scores: dict[int, float] = {}
+        for ranking in rankings:
+            for rank, (photo_id, _) in enumerate(ranking, start=1):
+                scores[photo_id] = scores.get(photo_id, 0.0) + 1.0 / (RRF_K + rank)
+        return sorted(scores.items(), key=lambda item: -item[1])
+
+    def search(
+        self,
+        query: Query,
+        *,
+        mode: str = KEYWORD,
+        limit: int = 20,
+        store: StoreT | None = None,
+        embed: Callable[[str], np.ndarray] | None = None,
+        min_similarity: float = -1.0,
+    ) -> list[SearchHit]:
+        """Best-first hits. ``store`` and ``embed`` (query text -> unit vector) serve semantic and hybrid;
+        captions less similar than ``min_similarity`` to the query are no match by meaning."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if query.is_empty and not query.text:
+            if not query.has_filters:
+                return []
+            return self.hits(self.filtered(query, limit))
+        if mode == KEYWORD or not query.text:
+            return self.hits(self.keyword_ranking(query, limit))
+        if store is None or embed is None:
+            raise SearchError("semantic search needs caption vectors and an embedding model")
+        vector = embed(query.text)
+        if mode == SEMANTIC:
+            return self.hits(self.semantic_ranking(query, store, vector, limit, min_similarity))
+        depth = max(100, 2 * limit)
+        fused = self.fuse(
+            self.keyword_ranking(query, depth), self.semantic_ranking(query, store, vector, depth, min_similarity)
+        )
+        return self.hits(fused[:limit])
+
+
+class Finder(Ranker["VectorStore"]):
     """Runs queries against one index connection."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -307,15 +370,6 @@ class Finder:
 
     # -- both ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def fuse(*rankings: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
-        """Reciprocal rank fusion: a photo high in either list, or fairly high in both, wins."""
-        scores: dict[int, float] = {}
-        for ranking in rankings:
-            for rank, (photo_id, _) in enumerate(ranking, start=1):
-                scores[photo_id] = scores.get(photo_id, 0.0) + 1.0 / (RRF_K + rank)
-        return sorted(scores.items(), key=lambda item: -item[1])
-
     def filtered(self, query: Query, want: int) -> list[tuple[int, float]]:
         """No words to rank by, only filters: the matching photos, most recently taken first."""
         conditions, args = self._filter_conditions(query)
@@ -324,37 +378,6 @@ class Finder:
             "ORDER BY p.taken_at IS NULL, p.taken_at DESC, p.id DESC LIMIT ?"
         )
         return [(r[0], 0.0) for r in self.conn.execute(sql, [*args, want])]
-
-    def search(
-        self,
-        query: Query,
-        *,
-        mode: str = KEYWORD,
-        limit: int = 20,
-        store: VectorStore | None = None,
-        embed: Callable[[str], np.ndarray] | None = None,
-        min_similarity: float = -1.0,
-    ) -> list[SearchHit]:
-        """Best-first hits. ``store`` and ``embed`` (query text -> unit vector) serve semantic and hybrid;
-        captions less similar than ``min_similarity`` to the query are no match by meaning."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
-        if query.is_empty and not query.text:
-            if not query.has_filters:
-                return []
-            return self.hits(self.filtered(query, limit))
-        if mode == KEYWORD or not query.text:
-            return self.hits(self.keyword_ranking(query, limit))
-        if store is None or embed is None:
-            raise SearchError("semantic search needs caption vectors and an embedding model")
-        vector = embed(query.text)
-        if mode == SEMANTIC:
-            return self.hits(self.semantic_ranking(query, store, vector, limit, min_similarity))
-        depth = max(100, 2 * limit)
-        fused = self.fuse(
-            self.keyword_ranking(query, depth), self.semantic_ranking(query, store, vector, depth, min_similarity)
-        )
-        return self.hits(fused[:limit])
 
     def hits(self, ranking: Sequence[tuple[int, float]]) -> list[SearchHit]:
         if not ranking:
