@@ -94,6 +94,33 @@ def settings(tiny_model: Path, tmp_path: Path) -> Settings:
     )
 
 
+# Upright photos of mixed formats (no EXIF rotation, so every reader sees the same pixels): the model tests' set.
+UPRIGHT_PHOTOS = (
+    "jpg/gps/DSCN0010.jpg",
+    "jpg/Canon_40D.jpg",
+    "jpg/exif-org/nikon-e950.jpg",
+    "generated/gen_png.png",
+    "jpg/xmp/BlueSquare.jpg",
+    "tiff/BSG1.tiff",
+)
+
+
+def plain_model_settings(tiny_model: Path, **changes: Any) -> ModelSettings:
+    """The tiny model on the CPU with generation controls and draft decoding off: what tests comparing
+    phototag's tokens or pixels with the model card's plain loop need (``changes`` override)."""
+    plain = ModelSettings(
+        name=str(tiny_model),
+        device="cpu",
+        batch_size=4,
+        max_new_tokens=10,
+        num_beams=1,
+        draft_decode=False,
+        no_repeat_ngram_size=0,
+        suppress_words=(),
+    )
+    return replace(plain, **changes)
+
+
 def write_config(
     folder: Path, tiny_model: Path, *, db: Path | None = None, batch_size: int = 4, extra: str = ""
 ) -> Path:

@@ -10,32 +10,16 @@ from PIL import Image
 from phototag.captioner import Captioner, ModelLoadError, bad_words_ids, pick_draft, pick_dtype
 from phototag.config import ModelSettings, Settings
 from phototag.imaging import load_rgb
-from tests.conftest import copy_from_corpus
+from tests.conftest import UPRIGHT_PHOTOS, copy_from_corpus, plain_model_settings
 from tests.tiny_blip import ARTIFACT_WORDS, build_tiny_blip
 
-UPRIGHT = [
-    "jpg/gps/DSCN0010.jpg",
-    "jpg/Canon_40D.jpg",
-    "jpg/exif-org/nikon-e950.jpg",
-    "generated/gen_png.png",
-    "jpg/xmp/BlueSquare.jpg",
-    "tiff/BSG1.tiff",
-]
+UPRIGHT = UPRIGHT_PHOTOS
 
 
 @pytest.fixture(scope="module")
 def model_settings(tiny_model: Path) -> ModelSettings:
     # generation controls off: these tests compare phototag's tokens with the model card's plain loop
-    return ModelSettings(
-        name=str(tiny_model),
-        device="cpu",
-        batch_size=4,
-        max_new_tokens=10,
-        num_beams=1,
-        draft_decode=False,
-        no_repeat_ngram_size=0,
-        suppress_words=(),
-    )
+    return plain_model_settings(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 from phototag.captioner import Captioner, pins_memory
 from phototag.config import ModelSettings, Settings
 from phototag.imaging import load_rgb
-from tests.conftest import copy_from_corpus
+from tests.conftest import copy_from_corpus, plain_model_settings
 
 PHOTOS = [
     "jpg/gps/DSCN0010.jpg",  # 640 x 480: a mild downscale
@@ -39,16 +39,7 @@ MAX_LEVELS = 10.0
 
 @pytest.fixture(scope="module")
 def exact_settings(tiny_model: Path) -> ModelSettings:
-    return ModelSettings(
-        name=str(tiny_model),
-        device="cpu",
-        batch_size=4,
-        max_new_tokens=10,
-        num_beams=1,
-        draft_decode=False,
-        no_repeat_ngram_size=0,
-        suppress_words=(),
-    )
+    return plain_model_settings(tiny_model)
 
 
 def level_differences(exact: Captioner, fast: Captioner, images: list) -> tuple[list[float], list[float]]:

@@ -11,16 +11,9 @@ import pytest
 from phototag.captioner import Captioner, ModelLoadError, check_settings, pick_device
 from phototag.config import ConfigError, ModelSettings, load_settings
 from phototag.imaging import load_rgb
-from tests.conftest import run_cli, write_config
+from tests.conftest import UPRIGHT_PHOTOS, run_cli, write_config
 
-PHOTOS = [
-    "jpg/gps/DSCN0010.jpg",
-    "jpg/Canon_40D.jpg",
-    "jpg/exif-org/nikon-e950.jpg",
-    "generated/gen_png.png",
-    "jpg/xmp/BlueSquare.jpg",
-    "tiff/BSG1.tiff",
-]
+PHOTOS = UPRIGHT_PHOTOS
 
 
 @pytest.fixture(scope="module")
