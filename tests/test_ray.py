@@ -51,14 +51,44 @@ class Cluster:
     logs: Path
 
     def stop_node(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        """Signal the node's whole process group (``ray start --block`` and everything it started)."""
+        """Signal the node's whole process group (``ray start --block`` and everything it started), and
+        with SIGKILL every process below it too: a worker that left the group (its own session) would
+        otherwise live on for a moment after its raylet and still answer the driver, so the node would
+        not die whole, as a machine that loses power does."""
         if proc.poll() is None:
+            below = _descendants(proc.pid) if sig == signal.SIGKILL else []
             os.killpg(proc.pid, sig)
+            for pid in below:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` now (read from /proc: children name their parent in ``stat``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended while we looked
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "(command)": state, then the parent's pid
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _free_port() -> int:
