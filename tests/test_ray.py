@@ -1,7 +1,8 @@
 """``--ray ADDRESS``: the model on a real two-node Ray cluster on loopback, started once for this module.
 
 The head and the worker node are each a ``ray start ... --block`` in their own process group (killing
-the group kills that node whole: raylet, object store, its workers), with token authentication as
+the group kills raylet and object store; Ray gives each worker a group of its own, so ``stop_node`` kills
+those too, and the node dies whole), with token authentication as
 ``ray start --head`` turns it on since Ray 2.52: the token reaches the nodes and phototag through
 ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``. One CPU and a small object store per node: the machine
 is shared. The photos, the index and exiftool stay in this process's tmp folders (the driver).
