@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.components import unavailable
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -33,7 +33,7 @@ window.addEventListener('load', probe);
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium with apt)")
+        unavailable("browser", "chromium is not installed (.ci/run installs Debian's chromium with apt)")
     return found
 
 
