@@ -138,7 +138,6 @@ class Pipeline:
         self._decode_workers = settings.pipeline.effective_decode_workers
         self._write_threads = max(1, exiftool.processes)
         self._writers_left = self._write_threads
-        self._writes_ended = threading.Event()  # the caption stage sent its last batch
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._to_model: queue.Queue[Any] = queue.Queue()
         self._to_writer: queue.Queue[Any] = queue.Queue()
@@ -390,7 +389,8 @@ class Pipeline:
                 for task in batch if self._stopping.is_set() else ():
                     self._done_with(str(task.path))  # dropped: never started, still pending
         finally:
-            self._to_writer.put(_STOP)
+            for _ in range(self._write_threads):  # one stop marker per write thread, after every batch
+                self._to_writer.put(_STOP)
 
     def _model_needed(self) -> bool:
         """Wait until a photo needs the model: a daemon watching a quiet library never loads it."""
@@ -463,15 +463,9 @@ class Pipeline:
 
     def _write_until_stop(self) -> None:
         while True:
-            try:
-                item = self._to_writer.get(timeout=0.2)
-            except queue.Empty:
-                if self._writes_ended.is_set():
-                    return
-                continue
-            if item is _STOP:
-                self._writes_ended.set()  # for every write thread: the caption stage sent one marker
-                continue
+            item = self._to_writer.get()
+            if item is _STOP:  # this thread's own marker: every batch before it is taken
+                return
             tasks: list[Task] = list(item)
             while len(tasks) < WRITE_GATHER:  # gather what is ready, to index in batches
                 try:
@@ -479,8 +473,8 @@ class Pipeline:
                 except queue.Empty:
                     break
                 if more is _STOP:
-                    self._writes_ended.set()
-                    break
+                    self._write(tasks)
+                    return
                 tasks.extend(more)
             self._write(tasks)
 
