@@ -11,10 +11,11 @@ A new column goes into ``Photo`` (phototag.index), into :data:`PHOTOS_TABLE` and
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
-SCHEMA_VERSION = 3  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries,
-# mtime_before_write_ns
+SCHEMA_VERSION = 4  # 2: photos.taken_at, photo_embeddings; 3: photos.missing_since, failure_kind, tries,
+# mtime_before_write_ns; 4: folder_spans, day_spans
 
 PHOTOS_TABLE = """CREATE TABLE IF NOT EXISTS photos (
     id INTEGER NOT NULL,
@@ -98,6 +99,57 @@ EMBEDDING_DDL = [
 ]
 
 
+# Where each folder's and each taken day's photos lie in id order: how many there are, and the lowest and
+# highest id among them. A keyword search with ``in:``, ``after:`` or ``before:`` bounds its walk of the
+# FTS index by them instead of scanning every photo the filter keeps (phototag.search,
+# Finder._restriction). Triggers keep them: counts exact; a photo deleted, moved or redated leaves the
+# bounds it was in as wide as they were, which is safe (a bound only says where to look, every match is
+# still checked against the filter), and :func:`rebuild_spans` narrows them again.
+# A photo's folder is its path up to the last separator, kept: rtrim drops every character but that.
+_FOLDER = "rtrim({0}, replace({0}, '" + os.sep + "', ''))"
+_DAY = "substr({0}, 1, 10)"  # taken_at is ISO 8601: its day is its first 10 characters
+SPAN_TABLES = {"folder_spans": ("folder", "path", _FOLDER), "day_spans": ("day", "taken_at", _DAY)}
+
+
+def _span_ddl() -> list[str]:
+    ddl = []
+    for table, (key, column, of) in SPAN_TABLES.items():
+        new, old = of.format(f"new.{column}"), of.format(f"old.{column}")
+        add = (
+            f"INSERT INTO {table} SELECT {new}, 1, new.id, new.id WHERE new.{column} IS NOT NULL "
+            f"ON CONFLICT ({key}) DO UPDATE SET photos = photos + 1, low = min(low, excluded.low), "
+            "high = max(high, excluded.high);"
+        )
+        remove = f"UPDATE {table} SET photos = photos - 1 WHERE {key} = {old};"
+        ddl += [
+            f"""CREATE TABLE IF NOT EXISTS {table} (
+    {key} VARCHAR NOT NULL PRIMARY KEY,
+    photos INTEGER NOT NULL,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL
+) WITHOUT ROWID""",
+            f"CREATE TRIGGER IF NOT EXISTS {table}_ai AFTER INSERT ON photos BEGIN {add} END",
+            f"CREATE TRIGGER IF NOT EXISTS {table}_ad AFTER DELETE ON photos BEGIN {remove} END",
+            f"""CREATE TRIGGER IF NOT EXISTS {table}_au AFTER UPDATE OF {column} ON photos
+    WHEN old.{column} IS NOT new.{column} BEGIN {remove} {add} END""",
+        ]
+    return ddl
+
+
+SPAN_DDL = _span_ddl()
+
+
+def rebuild_spans(conn: sqlite3.Connection) -> None:
+    """Count every folder's and day's photos again, with bounds as narrow as they can be (inside the
+    caller's transaction)."""
+    for table, (_, column, of) in SPAN_TABLES.items():
+        conn.execute(f"DELETE FROM {table}")
+        conn.execute(
+            f"INSERT INTO {table} SELECT {of.format(column)} AS key, count(*), min(id), max(id) FROM photos "
+            f"WHERE {column} IS NOT NULL GROUP BY key"
+        )
+
+
 def is_current(conn: sqlite3.Connection) -> bool:
     return conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -118,8 +170,11 @@ def upgrade(conn: sqlite3.Connection) -> None:
             if name not in columns:
                 conn.execute(f"ALTER TABLE photos ADD COLUMN {name} {definition}")
         conn.execute(EMBEDDINGS_TABLE)
-        for ddl in INDEXES + FTS_DDL + EMBEDDING_DDL:
+        had_spans = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'folder_spans'").fetchone()
+        for ddl in INDEXES + FTS_DDL + EMBEDDING_DDL + SPAN_DDL:
             conn.execute(ddl)
+        if not had_spans:  # an older index: its photos are counted once, here
+            rebuild_spans(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         if not in_transaction:

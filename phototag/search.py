@@ -211,29 +211,61 @@ class Finder(Ranker["VectorStore"]):
 
     # -- keyword ---------------------------------------------------------------------------------
 
-    def _restriction(self, where: str, params: list[Any]) -> tuple[str, list[Any], int]:
-        """How an FTS query keeps only photos passing ``where``, and its rank cap.
+    def _spans(self, query: Query) -> tuple[int, int, int] | None:
+        """(at most how many photos, lowest id, highest id) that the query's ``in:``, ``after:`` and
+        ``before:`` filters keep, from the span tables; None when it has none of them or the index
+        lacks the tables (made by an older phototag and not yet opened by a writer)."""
+        spans: list[tuple[str, str, list[Any]]] = []
+        if query.folders:
+            ranges = " OR ".join("(folder >= ? AND folder < ?)" for _ in query.folders)
+            spans.append(("folder_spans", ranges, [bound for f in query.folders for bound in _prefix_range(f)]))
+        days: list[str] = []
+        if query.after:
+            days.append("day >= ?")
+        if query.before:
+            days.append("day < ?")
+        if days:
+            spans.append(("day_spans", " AND ".join(days), [d for d in (query.after, query.before) if d]))
+        if not spans:
+            return None
+        kept, low, high = FEW_KEPT * 100, 0, 2**63 - 1
+        try:
+            for table, where, params in spans:
+                count, first, last = self.conn.execute(
+                    f"SELECT total(photos), min(low), max(high) FROM {table} WHERE photos > 0 AND ({where})", params
+                ).fetchone()
+                if not count:
+                    return 0, 0, 0
+                kept, low, high = min(kept, int(count)), max(low, first), min(high, last)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return (kept, low, high) if low <= high else (0, 0, 0)
 
-        A filter that keeps few photos bounds the FTS walk to the id range they span (FTS5 seeks to it):
-        where they fill much of that range (a folder imported at once, a span of dates), each match is
-        checked by a row lookup, stopping after a smaller cap of ranked matches; where they are
-        scattered, they are materialised once and probed per match. One that keeps many is checked per
-        match, newest first, with the smaller cap. ``+`` keeps SQLite from driving the search by the
-        status index or by rowid.
+    def _restriction(self, query: Query) -> tuple[str, list[Any], int]:
+        """How an FTS query keeps only photos passing the query's filters, and its rank cap.
+
+        The span tables bound the FTS walk to the id range the photos a filter keeps lie in (FTS5 seeks
+        to it). Where they fill much of that range (a folder imported at once, a span of dates), or are
+        many, each match is checked by a row lookup, stopping after a smaller cap of ranked matches;
+        where they are few and scattered, they are materialised once (from the path or date index) and
+        probed per match. A query with only ``-in:`` or ``-word`` filters is checked per match, newest
+        first, with the smaller cap. ``+`` keeps SQLite from driving the search by the status index or
+        by rowid.
         """
+        where, params = self._sql_filter(query)
         if not where:
-            return "", [], RANK_CAP
-        low, high, kept = self.conn.execute(
-            f"SELECT min(id), max(id), count(*) FROM (SELECT p.id FROM photos p WHERE {where} LIMIT ?)",
-            [*params, FEW_KEPT],
-        ).fetchone()
+            return "", [], RANK_CAP_FILTERED if query.excluded_expression() else RANK_CAP
         check = f" AND EXISTS (SELECT 1 FROM photos p WHERE p.id = photos_fts.rowid AND {where})"
+        spans = self._spans(query)
+        if spans is None:
+            return check, params, RANK_CAP_FILTERED
+        kept, low, high = spans
         if kept == 0:
             return " AND 0", [], RANK_CAP
-        if kept >= FEW_KEPT:
-            return check, params, RANK_CAP_FILTERED
         bounded = f" AND rowid BETWEEN {int(low)} AND {int(high)}"
-        if 4 * kept >= high - low + 1:
+        if kept >= FEW_KEPT or 4 * kept >= high - low + 1:
             return bounded + check, params, RANK_CAP_FILTERED
         # answered from the path or date index alone; status is checked after ranking
         return bounded + f" AND +rowid IN (SELECT p.id FROM photos p WHERE {where})", params, RANK_CAP
@@ -284,8 +316,7 @@ class Finder(Ranker["VectorStore"]):
 
     def keyword_ranking(self, query: Query, want: int) -> list[tuple[int, float]]:
         """(photo id, score) best first: photos with every word, then photos with some of them."""
-        where, params = self._sql_filter(query)
-        restriction = self._restriction(where, params)  # once for both expressions
+        restriction = self._restriction(query)  # once for both expressions
         ranking: list[tuple[int, float]] = []
         seen: set[int] = set()
         for expression in (query.all_words(), query.any_words()):

@@ -121,6 +121,17 @@ def plain_model_settings(tiny_model: Path, **changes: Any) -> ModelSettings:
     return replace(plain, **changes)
 
 
+def drop_spans(raw: sqlite3.Connection) -> None:
+    """Make an index look as a phototag before schema 4 left it: no folder and day span tables, and none of
+    their triggers (which would also stop a test from dropping ``taken_at``)."""
+    from phototag.migrations import SPAN_TABLES
+
+    for table in SPAN_TABLES:
+        raw.executescript(
+            f"DROP TRIGGER {table}_ai; DROP TRIGGER {table}_ad; DROP TRIGGER {table}_au; DROP TABLE {table};"
+        )
+
+
 def write_config(
     folder: Path, tiny_model: Path, *, db: Path | None = None, batch_size: int = 4, extra: str = ""
 ) -> Path:

@@ -14,6 +14,7 @@ from phototag import migrations
 from phototag.index import Base, Photo, PhotoIndex
 from phototag.query import parse_query
 from phototag.search import Finder, connect
+from tests.conftest import drop_spans
 
 
 def _schema(db: Path) -> dict[str, str]:
@@ -42,13 +43,30 @@ def test_the_sql_makes_what_the_models_map(tmp_path: Path) -> None:
 
 
 def _make_old(db: Path, version: int) -> None:
-    """An index as an older phototag left it, with one done photo: version 1 had no taken_at and no
-    vectors, version 2 no missing_since, failure_kind, tries or mtime_before_write_ns."""
+    """An index as an older phototag left it, with one done photo taken in 2019: version 1 had no
+    taken_at and no vectors, version 2 no missing_since, failure_kind, tries or mtime_before_write_ns,
+    version 3 no folder and day spans."""
     index = PhotoIndex(db)
     with index.transaction() as session:
-        session.add(Photo(path="/p/a.jpg", size=1, mtime_ns=1, status="done", caption="a dog", keywords="dog"))
+        session.add(
+            Photo(
+                path="/p/a.jpg",
+                size=1,
+                mtime_ns=1,
+                status="done",
+                caption="a dog",
+                keywords="dog",
+                taken_at="2019-05-04",
+            )
+        )
     index.close()
     raw = sqlite3.connect(db)
+    drop_spans(raw)
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.commit()
+    if version == 3:
+        raw.close()
+        return
     raw.executescript(
         "ALTER TABLE photos DROP COLUMN missing_since; ALTER TABLE photos DROP COLUMN failure_kind; "
         "ALTER TABLE photos DROP COLUMN tries; ALTER TABLE photos DROP COLUMN mtime_before_write_ns;"
@@ -64,7 +82,7 @@ def _make_old(db: Path, version: int) -> None:
     raw.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("opener", ["index", "search"])
 def test_an_older_index_is_upgraded_and_keeps_its_rows(tmp_path: Path, version: int, opener: str) -> None:
     db = tmp_path / "old.sqlite3"
@@ -73,24 +91,36 @@ def test_an_older_index_is_upgraded_and_keeps_its_rows(tmp_path: Path, version: 
         PhotoIndex(db).close()
     conn = connect(db)  # the search engine's own connection: upgrades when it lacks what it reads
     try:
-        upgraded = opener == "index" or version == 1  # a version 2 index has all a search reads
+        # a version 2 or 3 index has all a search needs: a search does not write it (filters work
+        # without the span tables, only slower)
+        upgraded = opener == "index" or version == 1
         expected = migrations.SCHEMA_VERSION if upgraded else version
         assert conn.execute("PRAGMA user_version").fetchone()[0] == expected
         columns = {row[1] for row in conn.execute("PRAGMA table_info(photos)")}
         assert "taken_at" in columns
         assert all(
-            (name in columns) == upgraded
+            (name in columns) == (upgraded or version == 3)
             for name in ("missing_since", "failure_kind", "tries", "mtime_before_write_ns")
         )
-        assert [h.path for h in Finder(conn).search(parse_query("dog after:2000"))] == []
+        has_spans = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'folder_spans'").fetchone() is not None
+        assert has_spans == upgraded
+        dated = version > 1  # version 1 had no taken_at: the photo lost its date
+        for text, found in (("dog after:2000", dated), ("dog in:/p", True), ("dog before:2019-05-04", False)):
+            assert [h.path for h in Finder(conn).search(parse_query(text))] == (["/p/a.jpg"] if found else []), text
+        assert [h.path for h in Finder(conn).search(parse_query("dog in:/q"))] == []
         assert [h.path for h in Finder(conn).search(parse_query("dog"))] == ["/p/a.jpg"]
     finally:
         conn.close()
     index = PhotoIndex(db)  # the SQLAlchemy side upgrades whatever is left, and reads the rows
     row = index.get("/p/a.jpg")
     index.close()
-    assert row is not None and row.caption == "a dog" and row.missing_since is None and row.taken_at is None
+    assert row is not None and row.caption == "a dog" and row.missing_since is None
+    assert row.taken_at == ("2019-05-04" if version > 1 else None)
     assert row.tries == 0 and row.failure_kind is None and row.mtime_before_write_ns is None
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+    # the photos it had are counted in the span tables the upgrade made
+    assert conn.execute("SELECT * FROM folder_spans").fetchall() == [("/p/", 1, row.id, row.id)]
+    dated = [("2019-05-04", 1, row.id, row.id)] if version > 1 else []
+    assert conn.execute("SELECT * FROM day_spans").fetchall() == dated
     conn.close()

@@ -15,6 +15,7 @@ from phototag.keywords import keywords_from_caption
 from phototag.query import parse_query
 from phototag.search import HYBRID, KEYWORD, SEMANTIC, Finder, connect
 from phototag.vectors import VectorStore
+from tests.conftest import drop_spans
 
 MODEL = "test-model"
 
@@ -209,6 +210,7 @@ def test_old_index_is_upgraded_on_search(tmp_path: Path) -> None:
     add(index, "/p/a.jpg", "a dog")
     index.close()
     raw = sqlite3.connect(db)  # make it look like a version 1 index: no taken_at, no vectors
+    drop_spans(raw)
     raw.executescript(
         "DROP TRIGGER photo_embeddings_stale; DROP TRIGGER photo_embeddings_gone; "
         "DROP TABLE photo_embeddings; DROP INDEX ix_photos_taken_at; "

@@ -20,6 +20,7 @@ from phototag.cli import main
 from phototag.embed_socket import EmbedServer, default_socket_path
 from tests.browser import loaded_images, screenshot
 from tests.conftest import REPO, copy_from_corpus, write_config
+from tests.test_spans import assert_spans_cover
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 
@@ -177,9 +178,15 @@ def test_reindex_search_index_rebuilds_a_damaged_or_missing_vector_index(library
     ((model,),) = sqlite3.connect(library.db).execute("SELECT DISTINCT model FROM photo_embeddings").fetchall()
     folder = vectors_cache_dir() / cache_key(library.db, model)
     generation = json.loads((folder / "meta.json").read_text())["generation"]
+    with sqlite3.connect(library.db) as conn:  # bounds as wide as many moves and deletions leave them
+        conn.execute("UPDATE folder_spans SET low = low - 100, high = high + 100")
+        conn.execute("UPDATE day_spans SET low = low - 100, high = high + 100")
+    conn.close()
     result = library.run("reindex", "--search-index")
     assert result.exit_code == 0, result.output
     assert "search index: 4 vectors" in result.output
+    assert "folders and days of 4 photos counted" in result.output
+    assert_spans_cover(library.db, exact=True)
     rebuilt = json.loads((folder / "meta.json").read_text())["generation"]
     assert rebuilt != generation and not (folder / generation).exists()
     # damaged (every file of the copy garbage) or gone: the next search rebuilds it and is right

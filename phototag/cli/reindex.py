@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 @click.option(
     "--search-index",
     is_flag=True,
-    help="Rebuild the vector index that search by meaning uses (in the data dir) from the index's vectors.",
+    help="Rebuild what makes search fast: the vector index (in the data dir) and the folder and day spans.",
 )
 @progress_option
 @pass_app
@@ -69,7 +69,9 @@ def command(
     --search-index rebuilds the search's vector index from scratch. It is kept current by every search
     (new, changed and removed captions are caught up, never a full rebuild) and rebuilt by itself when it
     is missing, damaged or from another model; this is for recovery, or to reclaim the room of many
-    removed vectors. It only writes in the data dir, so it may run while `phototag watch` does.
+    removed vectors. It also counts each folder's and day's photos again, which narrows what in:,
+    after: and before: look through after many photos were moved or deleted. It writes the index in one
+    short transaction, so it may run while `phototag watch` does.
 
     \b
     Examples:
@@ -193,14 +195,29 @@ def _warm_vector_cache(db: Path, model: str) -> None:
 
 
 def _rebuild_search_index(db: Path, model: str) -> None:
+    import sqlite3
     import time
 
     from phototag.embeddings import model_id
+    from phototag.migrations import rebuild_spans, upgrade
     from phototag.search import connect, has_vectors, vectors_cache_dir
     from phototag.vectors import VectorStore
 
     key = model_id(model)
     conn = connect(db)
+    try:
+        start = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")  # waits for a writer's transaction (the busy timeout), then one of its own
+        upgrade(conn)  # an index from before the span tables gains them
+        rebuild_spans(conn)
+        conn.commit()
+        photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+        click.echo(
+            f"search index: folders and days of {photos} photos counted in {time.monotonic() - start:.1f} s", err=True
+        )
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        raise click.ClickException(f"cannot write the index {db}: {exc}") from None
     if not has_vectors(conn, key):
         conn.close()
         raise click.ClickException(
