@@ -8,7 +8,8 @@ Reports, on the exact BLIP-large architecture with random weights and every capt
   thread and on every core;
 - for each batch size (32 and 64 by default): the raw model (inputs ready on the device) and phototag's
   real Pipeline at that batch (plan, decode, caption, exiftool write, throwaway index; embeddings off),
-  and their ratio (goal >= 0.9);
+  and their ratio (goal >= 0.9): once with the model in the pipeline's process, once with it in a
+  process of its own (``[model] process``, phototag's default on CUDA);
 - the model card's seed loop (one photo at a time), and pipeline/seed (goal >= 10).
 
 Every line goes to ``$OUT/gpu.txt`` as soon as it is measured (so a run stopped at its time limit still
@@ -125,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.skip_decode:
         section("decode photos/s per core", lambda: decode_rates(args, photos, captioner))
+    child = None
+    if exiftool_ok and not args.skip_process:
+        from dataclasses import replace
+
+        from phototag.model_process import ProcessCaptioner
+
+        t0 = time.perf_counter()
+        child = ProcessCaptioner(replace(settings, process=True))  # phototag's default on CUDA
+        print(f"model process {child.pid} loaded in {time.perf_counter() - t0:.0f} s\n")
     print(throughput.LINE_HEADER)
     rates: dict[str, float] = {}
     for batch in args.batches:
@@ -143,8 +153,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
         ratio(rates, f"phototag {batch}", f"raw {batch}", f"phototag/raw at batch {batch}", 0.9)
+        if child is not None:
+            section(
+                f"phototag, batch {batch}, model in its own process",
+                lambda b=batch: line(
+                    rates,
+                    f"phototag {b} process",
+                    throughput.phototag(
+                        settings, child, photos, f"phototag b{b} model process", batch_size=b, embeddings=False
+                    ),
+                ),
+            )
+            ratio(
+                rates, f"phototag {batch} process", f"raw {batch}", f"phototag (model process)/raw, batch {batch}", 0.9
+            )
         if exiftool_ok and args.variants:
             variants(args, settings, captioner, photos, batch, rates)
+    if child is not None:
+        child.close()
     if args.skip_seed:
         print(f"total {time.perf_counter() - started:.0f} s")
         return 0
@@ -189,6 +215,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-decode", action="store_true", help="leave out the decode lines")
     parser.add_argument("--skip-seed", action="store_true", help="leave out the seed loop")
+    parser.add_argument(
+        "--skip-process", action="store_true", help="leave out the pipeline with the model in its own process"
+    )
     return parser.parse_args(argv)
 
 

@@ -1,8 +1,10 @@
 """What the pipeline's caption stage needs from whatever runs the model.
 
-Two backends fit: :class:`phototag.captioner.Captioner` (the model in this process) and
-:class:`phototag.cluster.RayCaptioner` (the model in Ray actors, ``--ray ADDRESS``). The decode threads
-call ``preprocess`` on each photo; the caption thread hands ``caption`` a batch of what it returned.
+Three backends fit: :class:`phototag.captioner.Captioner` (the model in this process),
+:class:`phototag.model_process.ProcessCaptioner` (in a child process of its own, ``[model] process``)
+and :class:`phototag.cluster.RayCaptioner` (in Ray actors, ``--ray ADDRESS``). The decode threads call
+``preprocess`` on each photo; the caption thread hands ``caption`` a batch of what it returned, and
+``close`` when the run is over.
 """
 
 from __future__ import annotations
@@ -36,4 +38,8 @@ class CaptionBackend(Protocol):
 
     def caption(self, pixels: Sequence[Any]) -> Sequence[str | CaptionFailure]:
         """One caption (or failure) per photo, in order."""
+        ...
+
+    def close(self) -> None:
+        """Stop what it started (a child process, Ray actors); idempotent."""
         ...

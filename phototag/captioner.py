@@ -300,6 +300,9 @@ class Captioner:
     def caption(self, pixels: Sequence[Any]) -> list[str]:
         return [self.decode(ids) for ids in self.generate_ids(pixels)]
 
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process and goes with the object."""
+
 
 def quantize_int8(model: Any) -> Any:
     """Dynamic int8 quantization of every Linear layer (weights int8 per output channel, activations

@@ -76,6 +76,7 @@ class ModelSettings:
     # BLIP-large's made-up opening words, never generated (phototag.caption_text says more); (): off
     suppress_words: tuple[str, ...] = ("arafed", "araffe", "arafe", "araf", "araffed", "arafes", "araffes")
     draft_decode: str | bool = "auto"  # auto: off with fp32 (exact captions), on with fp16/bf16
+    process: str | bool = "auto"  # the model in a child process (phototag.model_process); auto: on CUDA
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ _WHOLE_NUMBERS = frozenset({"pipeline.decode_workers", "pipeline.exiftool_proces
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if key == "model.draft_decode":
+    if key in ("model.draft_decode", "model.process"):
         if value != "auto" and not isinstance(value, bool):
             raise ConfigError(f'{key}: expected true, false or "auto", got {value!r}')
         return value

@@ -20,31 +20,26 @@ are escaped for ``-ex`` (:func:`escape_value`).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import logging
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from phototag.children import start_child
 
 log = logging.getLogger(__name__)
 
 # Every command gets these: UTF-8 file names and UTF-8 EXIF text.
 COMMON_ARGS = ("-charset", "utf8", "-charset", "exif=utf8")
 _BLOCK_SIZE = 4096
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 EXIFTOOL_MISSING = (
     "exiftool not found: install it "
@@ -187,51 +182,6 @@ def one_line(text: str, *paths: Path) -> str:
     return " ".join((errors or lines or ["no message"])[:2])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec (Linux): exiftool gets SIGTERM when phototag dies, never outliving it."""
-    ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class _Launcher:
-    """Starts child processes from one long-lived thread.
-
-    Linux sends the parent-death signal (``PR_SET_PDEATHSIG``) when the *thread* that started a child
-    ends, not its process: an exiftool started (or restarted) by a pipeline's worker thread would get
-    SIGTERM when that thread ends, while another thread still uses it. The main thread lives as long
-    as the process, so it starts its own; any other thread asks this launcher's thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
-        self._pid = 0
-
-    def call(self, start: Callable[[], Any]) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            return start()
-        with self._lock:
-            if self._jobs is None or self._pid != os.getpid():  # none yet, or this is a forked child
-                self._jobs, self._pid = queue.SimpleQueue(), os.getpid()
-                threading.Thread(
-                    target=self._serve, args=(self._jobs,), name="phototag-exiftool-launcher", daemon=True
-                ).start()
-            jobs = self._jobs
-        future: Future[Any] = Future()
-        jobs.put((start, future))
-        return future.result()
-
-    @staticmethod
-    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
-        while True:
-            start, future = jobs.get()
-            try:
-                future.set_result(start())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
-                future.set_exception(exc)
-
-
-_LAUNCHER = _Launcher()
-
-
 def _read_until_marker(fd: int, marker: bytes) -> bytes:
     """Read exiftool's output up to ``marker``, raising OSError when the pipe closes.
 
@@ -281,19 +231,9 @@ class ExifTool:
 
     def _start(self) -> None:
         command = [self.executable, "-stay_open", "True", "-@", "-", "-common_args", *COMMON_ARGS]
-        preexec: Callable[[], None] | None = _die_with_parent if sys.platform.startswith("linux") else None
         try:
-            self._process = _LAUNCHER.call(
-                lambda: subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    # its own session: a terminal's Ctrl-C would otherwise kill exiftool mid-write too
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-            )
+            # its own session: a terminal's Ctrl-C would otherwise kill exiftool mid-write too
+            self._process = start_child(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self._execute(["-ver"])  # a first answer: it runs, and speaks the protocol
         except (OSError, ValueError) as exc:
             self._stop()

@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from phototag.caption_backend import CaptionBackend, CaptionFailure
-from phototag.captioner import Captioner, ModelLoadError
+from phototag.captioner import ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker, save_vectors
 from phototag.exiftool import MetadataError
@@ -51,6 +51,7 @@ from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import PhotoIndex
 from phototag.keywords import keywords_from_caption
 from phototag.metadata import ExifToolSession
+from phototag.model_process import local_captioner
 from phototag.planning import FAILED_OUTCOME, Outcome, Planner, Task
 from phototag.stages import (
     IndexJob,
@@ -130,8 +131,12 @@ class Pipeline:
         self.exiftool = exiftool
         self.dry_run = dry_run
         self.planner = Planner(settings, index, exiftool, retry_failed=retry_failed, include_restored=include_restored)
-        # what runs the model: BLIP in this process, or Ray actors (phototag.cluster) with --ray
-        self._captioner_factory: Callable[[], CaptionBackend] = captioner_factory or (lambda: Captioner(settings.model))
+        # what runs the model: BLIP in this process or a child (phototag.model_process), or Ray actors
+        # (phototag.cluster, --ray: their owner stops them)
+        self._captioner_factory: Callable[[], CaptionBackend] = captioner_factory or (
+            lambda: local_captioner(settings.model)
+        )
+        self._owns_captioner = captioner_factory is None
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.captioner: CaptionBackend | None = None
         self.error: BaseException | None = None
@@ -391,6 +396,8 @@ class Pipeline:
         finally:
             for _ in range(self._write_threads):  # one stop marker per write thread, after every batch
                 self._to_writer.put(_STOP)
+            if self.captioner is not None and self._owns_captioner:
+                self.captioner.close()
 
     def _model_needed(self) -> bool:
         """Wait until a photo needs the model: a daemon watching a quiet library never loads it."""
