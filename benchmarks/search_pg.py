@@ -6,7 +6,8 @@ their real MiniLM vectors), copies it into a PostgreSQL database of its own with
 in-process (one open connection, warm caches), p50/p95 of wall time:
 
 - keyword query classes (common word, rare word, multi-word, phrase, with filters);
-- search by meaning and hybrid (query vector given; PostgreSQL scans this machine's copy of the vectors);
+- search by meaning and hybrid (query vector given; PostgreSQL's vectors go through this machine's vector
+  index, as SQLite's do);
 - the cold command ``python -m phototag --db URL search --mode keyword beach``.
 
 The server is the local one by default (``--pg-url postgresql:///postgres``: a superuser's connection,
@@ -93,7 +94,7 @@ def side_by_side(label: str, lite: list[tuple[float, float]], pg: list[tuple[flo
 def bench(sqlite_db: Path, url: str, model: str | None, repeat: int, folder: Path) -> None:
     from phototag.config import SearchSettings
     from phototag.embeddings import model_id
-    from phototag.pg_search import PgFinder, PgVectorCopy
+    from phototag.pg_search import PgFinder, vector_store
     from phototag.pg_search import connect as pg_connect
     from phototag.query import parse_query
     from phototag.search import HYBRID, KEYWORD, SEMANTIC, Finder, vectors_cache_dir
@@ -101,7 +102,8 @@ def bench(sqlite_db: Path, url: str, model: str | None, repeat: int, folder: Pat
     from phototag.vectors import VectorStore
 
     lite_conn = sqlite_connect(sqlite_db)
-    pg_conn = pg_connect(IndexLocation(sqlite_db.with_suffix(".pg"), url))
+    pg_location = IndexLocation(sqlite_db.with_suffix(".pg"), url)
+    pg_conn = pg_connect(pg_location)
     finders: dict[str, Any] = {"sqlite": Finder(lite_conn), "pg": PgFinder(pg_conn)}
 
     def timed(which: str, call: Callable[[Any], Any]) -> list[tuple[float, float]]:
@@ -125,10 +127,13 @@ def bench(sqlite_db: Path, url: str, model: str | None, repeat: int, folder: Pat
         key = model_id(model)
         store = VectorStore.for_sqlite(lite_conn, sqlite_db, key, vectors_cache_dir())
         store.sync()
-        copy = PgVectorCopy(pg_conn, key, folder / "data" / "pg-vectors" / url.rsplit("/", 1)[-1])
+        copy = vector_store(pg_conn, pg_location, key)
         start = time.perf_counter()
-        copy.sync()
-        print(f"  PostgreSQL vector copy to this machine: {time.perf_counter() - start:.1f} s ({copy.rows} rows; once)")
+        rows = copy.sync()
+        print(
+            f"  PostgreSQL vectors into this machine's vector index: {time.perf_counter() - start:.1f} s "
+            f"({rows} rows; once)"
+        )
         threshold = SearchSettings().min_similarity
         vectors = {text: query_vector(model, text) for text in sqlite_bench.SEMANTIC_QUERIES}
         print("search by meaning, in-process, limit 20 (query vector given):")

@@ -8,8 +8,9 @@
   with some; as on SQLite at most :data:`~phototag.search.RANK_CAP` matches of one expression, the most
   recently indexed, are ranked.
 - **semantic**: the caption vectors live in the database (``photo_embeddings.vector``, float32 bytes);
-  each machine keeps a local copy (:class:`PgVectorCopy`, caught up by ``seq`` like the SQLite one) and
-  scans it with numpy; every candidate is checked against the database before it is shown.
+  each machine keeps the same vector index a SQLite index gets (:class:`phototag.vectors.VectorStore`:
+  sign bits, int8 rows, exact re-scoring), copied from the database through :class:`PgVectors` and
+  caught up by ``seq``; every candidate is checked against the database before it is shown.
 - **hybrid**: reciprocal rank fusion, as on SQLite (:meth:`phototag.search.Finder.fuse`).
 
 psycopg only, no SQLAlchemy or torch: ``phototag search`` by keywords starts fast.
@@ -17,27 +18,18 @@ psycopg only, no SQLAlchemy or torch: ``phototag search`` by keywords starts fas
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phototag.database import IndexLocation, IndexUnreachable
 from phototag.query import Query
 from phototag.schema import DONE
-from phototag.search import (
-    FEW_KEPT_SEMANTIC,
-    RANK_CAP,
-    Ranker,
-    SearchError,
-    SearchHit,
-)
+from phototag.search import FEW_KEPT_SEMANTIC, RANK_CAP, Ranker, SearchHit
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from phototag.vectors import VectorStore
 
 PAGE = 20_000  # vectors fetched per query while copying
 TEXT_CONFIG = "english"  # the same as phototag.pg_schema.TEXT_CONFIG (not imported: that module needs SQLAlchemy)
@@ -84,7 +76,7 @@ def _tags(tags: Sequence[str], joiner: str) -> str:
     return f" {joiner} ".join(f"'{tag}':B" for tag in tags)
 
 
-class PgFinder(Ranker["PgVectorCopy"]):
+class PgFinder(Ranker["VectorStore"]):
     """Runs queries against one PostgreSQL index connection (psycopg, autocommit)."""
 
     def __init__(self, conn: Any) -> None:
@@ -183,10 +175,11 @@ class PgFinder(Ranker["PgVectorCopy"]):
     # -- semantic --------------------------------------------------------------------------------
 
     def semantic_ranking(
-        self, query: Query, copy: PgVectorCopy, vector: np.ndarray, want: int, min_similarity: float = -1.0
+        self, query: Query, store: VectorStore, vector: np.ndarray, want: int, min_similarity: float = -1.0
     ) -> list[tuple[int, float]]:
         """(photo id, cosine) best first among photos passing the query's filters, down to ``min_similarity``.
-        Candidates come best first in growing windows, each checked against the database."""
+        Candidates come best first in growing windows from the vector index, each checked against the
+        database in one query (the vector still current, the photo done and passing the filters)."""
         where, params = self._conditions(query)
         allowed = None
         if query.has_filters:
@@ -199,20 +192,25 @@ class PgFinder(Ranker["PgVectorCopy"]):
             if not kept:
                 return []
             if len(kept) < FEW_KEPT_SEMANTIC:
-                allowed = kept
+                import numpy as np
+
+                allowed = np.asarray(kept, dtype=np.int64)
         ranking: list[tuple[int, float]] = []
-        for window in copy.ranked(vector, allowed=allowed, min_score=min_similarity):
-            live = {
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT e.seq FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id "
-                    f"WHERE e.seq = ANY(%s) AND {where}",
-                    [[seq for seq, _, _ in window], *params],
-                )
-            }
-            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in live]
+        checked = stale = 0
+        for window in store.ranked(vector, allowed=allowed, min_score=min_similarity):
+            rows = self.conn.execute(
+                f"SELECT e.seq, ({where}) FROM photo_embeddings e JOIN photos p ON p.id = e.photo_id "
+                "WHERE e.seq = ANY(%s)",
+                [*params, [seq for seq, _, _ in window]],
+            ).fetchall()
+            passing = {seq for seq, ok in rows if ok}
+            checked += len(window)
+            stale += len(window) - len(rows)  # replaced or deleted since the copy was made
+            ranking += [(photo_id, score) for seq, photo_id, score in window if seq in passing]
             if len(ranking) >= want:
                 break
+        if stale > max(checked // 4, 64):
+            store.invalidate()  # so many stale vectors met: rebuilt on the next search
         return ranking[:want]
 
     # -- hits ------------------------------------------------------------------------------------
@@ -244,151 +242,54 @@ class PgFinder(Ranker["PgVectorCopy"]):
         return [r[0] for r in self.conn.execute("SELECT DISTINCT model FROM photo_embeddings ORDER BY model")]
 
 
-# -- this machine's copy of the vectors ---------------------------------------------------------------
+# -- the vectors, for this machine's vector index ---------------------------------------------------
 
 
-@dataclass
-class _Meta:
-    database: int  # the database's oid: a database dropped and made again is another index
-    model: str
-    max_seq: int = 0
-    rows: int = 0
-    dim: int = 0
+class PgVectors:
+    """:class:`phototag.vectors.VectorSource` over a PostgreSQL index's ``photo_embeddings``: what
+    :class:`~phototag.vectors.VectorStore` copies into this machine's vector index."""
 
+    def __init__(self, conn: Any, location: IndexLocation, model: str) -> None:
+        self.conn, self.model = conn, model
+        self.origin = str(location.path)  # the local name of the server index's side files
 
-class PgVectorCopy:
-    """The vectors of one model, copied from the database into ``folder`` (two flat files), caught up by
-    ``seq`` on every search and scanned with numpy. A vector replaced or deleted in the database stays
-    in the copy until it is rebuilt (when a quarter of it is stale); the search checks every candidate."""
+    def identity(self) -> str:
+        """The database's oid: a database dropped and made again under the same name is another index."""
+        return str(self.conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0])
 
-    def __init__(self, conn: Any, model: str, folder: Path) -> None:
-        self.conn = conn
-        self.model = model
-        self.dir = folder
-        self._meta: _Meta | None = None
-        self._vectors: Any = None
-        self._ids: Any = None
+    def max_seq(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(seq), 0) FROM photo_embeddings").fetchone()[0])
 
-    def sync(self) -> int:
-        """Bring the copy up to date; returns its rows."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        database = self.conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
-        max_seq = self.conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM photo_embeddings WHERE model = %s", [self.model]
-        ).fetchone()[0]
-        with open(self.dir / "lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another search on this machine may be appending
-            meta = self._read_meta()
-            if meta is None or (meta.database, meta.model) != (database, self.model) or max_seq < meta.max_seq:
-                meta = self._copy(_Meta(database, self.model), max_seq, fresh=True)
-            elif max_seq > meta.max_seq:
-                meta = self._copy(meta, max_seq, fresh=False)
-                live = self.conn.execute(
-                    "SELECT count(*) FROM photo_embeddings WHERE model = %s", [self.model]
-                ).fetchone()[0]
-                if live < 0.75 * meta.rows:
-                    meta = self._copy(_Meta(database, self.model), max_seq, fresh=True)
-        self._open(meta)
-        return meta.rows
+    def count(self) -> int:
+        return int(
+            self.conn.execute("SELECT count(*) FROM photo_embeddings WHERE model = %s", [self.model]).fetchone()[0]
+        )
 
-    def _read_meta(self) -> _Meta | None:
-        try:
-            meta = _Meta(**json.loads((self.dir / "meta.json").read_text()))
-            if meta.rows and os.path.getsize(self.dir / "vectors.f32") < meta.rows * meta.dim * 4:
-                return None
-            if os.path.getsize(self.dir / "ids.i64") < meta.rows * 16:
-                return None
-        except (OSError, ValueError, TypeError):
-            return None
-        return meta
-
-    def _copy(self, meta: _Meta, up_to: int, *, fresh: bool) -> _Meta:
-        import numpy as np
-
-        suffix = ".tmp" if fresh else ""
-        vectors_path, ids_path = self.dir / f"vectors.f32{suffix}", self.dir / f"ids.i64{suffix}"
-        if fresh:
-            vectors_path.write_bytes(b"")
-            ids_path.write_bytes(b"")
-        with open(vectors_path, "r+b") as vec_file, open(ids_path, "r+b") as id_file:
-            vec_file.truncate(meta.rows * meta.dim * 4)  # drop a tail a crash left beyond what meta vouches for
-            id_file.truncate(meta.rows * 16)
-            vec_file.seek(0, os.SEEK_END)
-            id_file.seek(0, os.SEEK_END)
-            last = meta.max_seq
-            while True:  # a page at a time: a million vectors never sit in memory at once
-                batch = self.conn.execute(
-                    "SELECT seq, photo_id, vector FROM photo_embeddings WHERE seq > %s AND seq <= %s AND model = %s "
-                    "ORDER BY seq LIMIT %s",
-                    [last, up_to, self.model, PAGE],
-                ).fetchall()
-                if not batch:
-                    break
-                last = batch[-1][0]
-                if meta.dim == 0:
-                    meta.dim = len(batch[0][2]) // 4
-                good = [row for row in batch if len(row[2]) == meta.dim * 4]
-                vec_file.write(b"".join(bytes(row[2]) for row in good))
-                id_file.write(np.array([(row[0], row[1]) for row in good], dtype="<i8").tobytes())
-                meta.rows += len(good)
-        meta.max_seq = up_to
-        if fresh:
-            os.replace(vectors_path, self.dir / "vectors.f32")
-            os.replace(ids_path, self.dir / "ids.i64")
-        tmp = self.dir / "meta.json.tmp"
-        tmp.write_text(json.dumps(asdict(meta)))
-        os.replace(tmp, self.dir / "meta.json")
-        return meta
-
-    def _open(self, meta: _Meta) -> None:
-        import numpy as np
-
-        self._meta = meta
-        if meta.rows == 0:
-            self._vectors = np.zeros((0, max(meta.dim, 1)), dtype=np.float32)
-            self._ids = np.zeros((0, 2), dtype=np.int64)
-            return
-        self._vectors = np.memmap(self.dir / "vectors.f32", dtype="<f4", mode="r", shape=(meta.rows, meta.dim))
-        self._ids = np.memmap(self.dir / "ids.i64", dtype="<i8", mode="r", shape=(meta.rows, 2))
-
-    @property
-    def rows(self) -> int:
-        return self._meta.rows if self._meta else 0
-
-    def ranked(
-        self, vector: np.ndarray, *, allowed: Sequence[int] | None = None, min_score: float = -1.0
-    ) -> Iterator[list[tuple[int, int, float]]]:
-        """Windows of ``(seq, photo_id, score)``, best first, growing, none below ``min_score``."""
-        import numpy as np
-
-        if not self.rows:
-            return
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self._meta.dim:  # type: ignore[union-attr]
-            raise SearchError(f"the query vector has {query.shape[0]} dimensions, the index's vectors {self._meta.dim}")  # type: ignore[union-attr]
-        scores = np.asarray(self._vectors @ query, dtype=np.float32)
-        ids = np.asarray(self._ids)
-        if allowed is not None:
-            scores[~np.isin(ids[:, 1], np.asarray(allowed, dtype=np.int64))] = -np.inf
-        done, window = 0, 256
-        while done < self.rows:
-            top = min(self.rows, done + window)
-            best = np.argpartition(-scores, top - 1)[:top] if top < self.rows else np.arange(self.rows)
-            best = best[np.argsort(-scores[best], kind="stable")][done:top]
-            best = best[np.isfinite(scores[best]) & (scores[best] >= min_score)]
-            if len(best) == 0:
+    def rows(self, after: int, up_to: int) -> Iterator[list[tuple[int, int, bytes]]]:
+        while True:  # a page at a time: a million vectors never sit in memory at once
+            batch = self.conn.execute(
+                "SELECT seq, photo_id, vector FROM photo_embeddings WHERE seq > %s AND seq <= %s AND model = %s "
+                "ORDER BY seq LIMIT %s",
+                [after, up_to, self.model, PAGE],
+            ).fetchall()
+            if not batch:
                 return
-            yield [(int(ids[i, 0]), int(ids[i, 1]), float(scores[i])) for i in best]
-            if len(best) < top - done:
-                return
-            done = top
-            window *= 8
+            after = batch[-1][0]
+            yield [(seq, photo_id, bytes(vector)) for seq, photo_id, vector in batch]
+
+    def lookup(self, seqs: list[int]) -> dict[int, tuple[int, bytes]]:
+        return {
+            seq: (photo_id, bytes(vector))
+            for seq, photo_id, vector in self.conn.execute(
+                "SELECT seq, photo_id, vector FROM photo_embeddings WHERE seq = ANY(%s) AND model = %s",
+                [[int(s) for s in seqs], self.model],
+            )
+        }
 
 
-def vector_copy_dir(location: IndexLocation, model: str) -> Path:
-    """Where this machine keeps its copy of a server index's vectors of ``model``."""
-    import hashlib
-
+def vector_store(conn: Any, location: IndexLocation, model: str) -> VectorStore:
+    """This machine's vector index of a server index's vectors of ``model`` (call ``sync`` first)."""
     from phototag.search import vectors_cache_dir
+    from phototag.vectors import VectorStore
 
-    return vectors_cache_dir() / location.path.name / hashlib.sha256(model.encode()).hexdigest()[:12]
+    return VectorStore(PgVectors(conn, location, model), vectors_cache_dir())

@@ -20,7 +20,7 @@ from phototag.database import IndexLocation
 from phototag.embeddings import embed_missing, load_embedder
 from phototag.index import DONE, PENDING, Photo, PhotoIndex
 from phototag.keywords import keywords_from_caption
-from phototag.pg_search import PgFinder, PgVectorCopy
+from phototag.pg_search import PgFinder, vector_store
 from phototag.pg_search import connect as pg_connect
 from phototag.query import parse_query
 from phototag.search import HYBRID, KEYWORD, SEMANTIC, Finder
@@ -151,11 +151,11 @@ def pg_search(url: str, text: str, tmp_path: Path, **kwargs: object) -> list[str
     conn = pg_connect(location)
     try:
         embedder = load_embedder(os.environ["PHOTOTAG_EMBEDDING_MODEL"])
-        copy = PgVectorCopy(conn, embedder.name, tmp_path / "pg-vectors")
-        copy.sync()
+        store = vector_store(conn, location, embedder.name)
+        store.sync()
         hits = PgFinder(conn).search(
             parse_query(text),
-            store=copy,
+            store=store,
             embed=lambda t: embedder.encode([t])[0],
             **kwargs,  # type: ignore[arg-type]
         )

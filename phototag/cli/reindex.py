@@ -169,11 +169,11 @@ def _embeddings(index: PhotoIndex, model: str, progress_on: bool) -> None:
 
 def _warm_server_vector_copy(location: IndexLocation, model: str) -> None:
     """:func:`_warm_vector_cache` for a PostgreSQL index (this machine's copy of its vectors)."""
-    from phototag.pg_search import PgVectorCopy, connect, vector_copy_dir
+    from phototag.pg_search import connect, vector_store
 
     conn = connect(location)
     try:
-        PgVectorCopy(conn, model, vector_copy_dir(location, model)).sync()
+        vector_store(conn, location, model).sync()
     except OSError as exc:
         click.echo(f"embeddings: the search cache could not be written ({exc}); searches will try again", err=True)
     finally:

@@ -17,7 +17,7 @@ from phototag.search import HYBRID, KEYWORD, MODES, SEMANTIC, Finder, SearchErro
 if TYPE_CHECKING:
     import sqlite3
 
-    from phototag.pg_search import PgFinder, PgVectorCopy
+    from phototag.pg_search import PgFinder
     from phototag.query import Query
     from phototag.vectors import VectorStore
 
@@ -203,7 +203,7 @@ def _query_embedder(model: str) -> Any:
 
 def _semantic_side_server(
     app: AppContext, finder: PgFinder, model: str, query: Query, mode: str | None
-) -> tuple[str, PgVectorCopy | None, Any]:
+) -> tuple[str, VectorStore | None, Any]:
     """:func:`_semantic_side` for a PostgreSQL index: its vectors, copied to this machine."""
     from phototag.embeddings import model_id
 
@@ -223,14 +223,14 @@ def _semantic_side_server(
                 err=True,
             )
         return KEYWORD, None, None
-    from phototag.pg_search import PgVectorCopy, vector_copy_dir
+    from phototag.pg_search import vector_store
 
-    copy = PgVectorCopy(finder.conn, key, vector_copy_dir(app.location(), key))
+    store = vector_store(finder.conn, app.location(), key)
     try:
-        copy.sync()
+        store.sync()
     except OSError as exc:
-        raise click.ClickException(f"cannot keep the vector cache in {copy.dir}: {exc}") from None
-    return mode or HYBRID, copy, _query_embedder(model)
+        raise click.ClickException(f"cannot keep the vector cache in {store.dir}: {exc}") from None
+    return mode or HYBRID, store, _query_embedder(model)
 
 
 def _hint_other_models(conn: sqlite3.Connection, model: str) -> None:
