@@ -105,6 +105,9 @@ EMBEDDING_DDL = [
 # Finder._restriction). Triggers keep them: counts exact; a photo deleted, moved or redated leaves the
 # bounds it was in as wide as they were, which is safe (a bound only says where to look, every match is
 # still checked against the filter), and :func:`rebuild_spans` narrows them again.
+# Two rules keep them true: a photo's id never changes, and no statement replaces a photos row
+# (INSERT OR REPLACE deletes without firing the delete triggers, so its count would only grow: still safe,
+# but no longer exact).
 # A photo's folder is its path up to the last separator, kept: rtrim drops every character but that.
 _FOLDER = "rtrim({0}, replace({0}, '" + os.sep + "', ''))"
 _DAY = "substr({0}, 1, 10)"  # taken_at is ISO 8601: its day is its first 10 characters

@@ -72,7 +72,7 @@ class ModelProcessError(RuntimeError):
 
 
 class _ChildGone(Exception):
-    """The child ended (crash, out-of-memory kill) or stopped answering."""
+    """The child's pipe closed: it ended (a crash, an out-of-memory kill) or is ending."""
 
 
 class ProcessCaptioner:
@@ -103,16 +103,13 @@ class ProcessCaptioner:
         """Start a child and wait for its model to load; ModelLoadError (one line) when it cannot."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        # the child imports this phototag, wherever it was imported from (a checkout, a virtualenv)
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         try:
             self._process = start_child(
                 [sys.executable, "-m", "phototag.model_process", str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
-                env=env,
+                env=_child_environment(),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
                 os.close(fd)
             raise ModelLoadError(f"cannot start the model process: {exc}") from exc
@@ -123,11 +120,14 @@ class ProcessCaptioner:
             Connection(from_child_r, writable=False),
         )
         try:
-            self._to_child.send(self.settings)
+            self._to_child.send((self.settings, logging.getLogger().getEffectiveLevel()))
             kind, payload = self._from_child.recv()
         except (EOFError, OSError):
             code = self._reap()
             raise ModelLoadError(f"the model process ended while loading the model ({_how(code)})") from None
+        except BaseException:  # e.g. Ctrl-C while the model loads: no child left behind
+            self._reap(wait=0)
+            raise
         if kind == "error":
             self._reap()
             raise ModelLoadError(str(payload))
@@ -166,20 +166,28 @@ class ProcessCaptioner:
         return np.asarray(rgb, dtype=np.uint8)
 
     def caption(self, pixels: Sequence[Any]) -> list[str | CaptionFailure]:
+        if not pixels:
+            return []
         with self._lock:
             lost = "the model process had ended"
             for _ in range(ATTEMPTS):
                 try:
                     if self._process is None:
-                        self._start()
+                        self._same_model(self._start())
                     return list(self._ask(pixels))
-                except _ChildGone as exc:
-                    lost = str(exc)
+                except _ChildGone:
+                    # gone, or its pipe closed while it lingers: do not wait for it, end it
+                    lost = f"the model process ended while captioning ({_how(self._reap(wait=1.0))})"
                     log.warning("%s; starting it again", lost)
-                    self._reap(wait=0)
                 except ModelLoadError as exc:  # it loaded before: the photos are not at fault
                     return [CaptionFailure(f"{lost}; starting it again failed: {exc}", transient=True) for _ in pixels]
             return [CaptionFailure(f"{lost}, twice", transient=True) for _ in pixels]
+
+    def _same_model(self, info: dict[str, Any]) -> None:
+        """A child started again must take the pixels this side makes for the first one."""
+        if (int(info["input_size"]), bool(info["device_preprocess"])) != (self.input_size, self.device_preprocess):
+            self._reap(wait=0)
+            raise ModelLoadError(f"the model process started again on {info['device']} wants other input")
 
     def _ask(self, pixels: Sequence[Any]) -> list[str]:
         assert self._to_child is not None and self._from_child is not None
@@ -190,14 +198,26 @@ class ProcessCaptioner:
                 self._to_child.send_bytes(array.reshape(-1).data)  # flat: send_bytes counts a view's first axis
             kind, payload = self._from_child.recv()
         except (EOFError, OSError):
-            process = self._process
-            code = process.poll() if process is not None else None
-            if code is None and process is not None:
-                code = process.wait(timeout=STOP_WAIT_S)
-            raise _ChildGone(f"the model process ended while captioning ({_how(code)})") from None
+            raise _ChildGone from None
+        except BaseException:  # e.g. Ctrl-C mid-message: the pipes are out of step, never reuse them
+            self._reap(wait=0)
+            raise
         if kind == "error":
             raise ModelProcessError(str(payload))
         return [str(text) for text in payload]
+
+
+def _child_environment() -> dict[str, str]:
+    """The child imports this phototag: from a checkout run in place, that needs its folder on
+    PYTHONPATH; an installed one (site-packages) is found as it is, and putting site-packages first
+    would let it shadow the standard library."""
+    import site
+
+    root = str(Path(__file__).resolve().parents[1])
+    installed = {os.path.realpath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if os.path.realpath(root) in installed:
+        return dict(os.environ)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def _how(code: int | None) -> str:
@@ -218,49 +238,57 @@ def _first_line(exc: BaseException) -> str:
 
 def serve(requests: Connection, replies: Connection) -> None:
     """The child: load the model named by the first message, then caption every batch sent, until the
-    parent closes the pipe."""
+    parent closes the pipe.
+
+    Any failure of a load or a batch is answered with its one-line reason rather than ending the
+    process (``except Exception`` on purpose: this is a process boundary, and an unexpected error type
+    must fail its batch as it would in phototag's own process, not kill the model and be retried)."""
     import torch
 
     from phototag.captioner import Captioner
 
-    settings = requests.recv()
+    settings, log_level = requests.recv()
+    logging.basicConfig(level=max(log_level, logging.WARNING), format="phototag (model process): %(message)s")
     try:
         captioner = Captioner(settings)
+        info = {
+            "batch_size": captioner.batch_size,
+            "input_size": captioner.input_size,
+            "draft_decode": captioner.draft_decode,
+            "device_preprocess": captioner.device_preprocess,
+            "device": captioner.device,
+            "resample": int(captioner.processor.image_processor.resample),
+        }
     except ModelLoadError as exc:
         replies.send(("error", str(exc)))
         return
-    except (ImportError, OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - see the docstring
         replies.send(("error", f"cannot load model {settings.name!r}: {_first_line(exc)}"))
         return
-    replies.send(
-        (
-            "ready",
-            {
-                "batch_size": captioner.batch_size,
-                "input_size": captioner.input_size,
-                "draft_decode": captioner.draft_decode,
-                "device_preprocess": captioner.device_preprocess,
-                "device": captioner.device,
-                "resample": int(captioner.processor.image_processor.resample),
-            },
-        )
-    )
+    replies.send(("ready", info))
     while True:
         try:
             _, shapes = requests.recv()
         except EOFError:  # the parent is done
             return
-        photos = []
-        for shape in shapes:
-            # straight into the tensor the model's input is copied from (page-locked on CUDA)
-            photo = torch.empty(tuple(shape), dtype=torch.uint8, pin_memory=captioner.pin_memory)
-            requests.recv_bytes_into(photo.numpy().reshape(-1))  # flat: recv_bytes_into counts a view's first axis
-            photos.append(photo)
+        # every photo's bytes are read before anything can fail, so the pipe stays in step
+        photos = [_received(requests, tuple(shape), captioner.pin_memory, torch) for shape in shapes]
         try:
-            captions: Any = ("ok", captioner.caption(photos))
-        except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: this batch fails, the next may not
-            captions = ("error", _first_line(exc))
-        replies.send(captions)
+            reply: Any = ("ok", captioner.caption(photos))
+        except Exception as exc:  # noqa: BLE001 - see the docstring (e.g. CUDA out of memory)
+            reply = ("error", _first_line(exc))
+        replies.send(reply)
+
+
+def _received(requests: Connection, shape: tuple[int, ...], pinned: bool, torch: Any) -> Any:
+    """One photo's bytes, read straight into the tensor the model's input is copied from (page-locked on
+    CUDA, unless that memory has run out)."""
+    try:
+        photo = torch.empty(shape, dtype=torch.uint8, pin_memory=pinned)
+    except RuntimeError:
+        photo = torch.empty(shape, dtype=torch.uint8)
+    requests.recv_bytes_into(photo.numpy().reshape(-1))  # flat: recv_bytes_into counts a view's first axis
+    return photo
 
 
 def main(argv: Sequence[str]) -> None:

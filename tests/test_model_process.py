@@ -20,7 +20,7 @@ from phototag.caption_backend import CaptionFailure
 from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import ConfigError, Settings, settings_from_dict
 from phototag.imaging import load_rgb
-from phototag.model_process import ProcessCaptioner, local_captioner, uses_process
+from phototag.model_process import ModelProcessError, ProcessCaptioner, local_captioner, uses_process
 from tests.conftest import UPRIGHT_PHOTOS, copy_from_corpus, plain_model_settings, wait_until
 
 
@@ -187,3 +187,20 @@ def test_the_pipeline_stops_its_model_process_when_the_run_ends(settings: Settin
     assert isinstance(pipeline.captioner, ProcessCaptioner)
     assert sorted(o.kind for o in outcomes) == [WOULD_WRITE] * len(photos)
     assert children_of(os.getpid(), "phototag.model_process") == []
+
+
+def test_a_batch_the_child_cannot_caption_fails_alone_and_the_child_goes_on(tiny_model: Path, corpus: Path) -> None:
+    """Whatever goes wrong inside the child for one batch (here an empty one, which the model cannot
+    take: an IndexError) fails that batch with its reason, as in phototag's own process; the child
+    and its model stay, and the next batch is captioned by it."""
+    child = ProcessCaptioner(replace(plain_model_settings(tiny_model), process=True))
+    try:
+        pid = child.pid
+        assert child.caption([]) == []  # nothing to send
+        with pytest.raises(ModelProcessError, match="IndexError"):
+            child._ask([])
+        pixels = [child.preprocess(load_rgb(corpus / UPRIGHT_PHOTOS[0], min_side=child.input_size))]
+        assert isinstance(child.caption(pixels)[0], str)
+        assert child.pid == pid
+    finally:
+        child.close()

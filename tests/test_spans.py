@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from phototag.index import DONE, FAILED, Photo, PhotoIndex
 from phototag.migrations import rebuild_spans
 from phototag.query import parse_query
 from phototag.search import Finder, connect
+from tests.conftest import run_cli, write_config
 
 FOLDERS = ["/lib/2019/", "/lib/2019/trip/", "/lib/2020/", "/lib/phone/", "/elsewhere/"]
 DAYS = ["2019-03-01", "2019-07-15", "2020-01-01", "2020-12-31", None]
@@ -170,3 +172,22 @@ def test_spans_bound_the_fts_walk_to_the_filtered_photos(tmp_path: Path) -> None
     assert [h.path for h in finder.search(parse_query("dog in:/lib/old after:2020"))] == []
     assert len(finder.search(parse_query("dog in:/lib/new after:2020"), limit=100)) == 20
     conn.close()
+
+
+def test_reindex_search_index_narrows_the_spans_of_a_keyword_only_index(tmp_path: Path, tiny_model: Path) -> None:
+    """A library without caption vectors has only the spans to rebuild: done, and no error."""
+    db = tmp_path / "index.sqlite3"
+    index = PhotoIndex(db)
+    with index.transaction() as session:
+        session.add_all(
+            Photo(path=f"/lib/{n}.jpg", size=1, mtime_ns=1, status=DONE, caption="a dog", keywords="dog",
+                  taken_at="2020-01-01T10:00:00")
+            for n in range(3)
+        )  # fmt: skip
+    index.close()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE folder_spans SET low = -7, high = high + 50")  # as many moves leave them
+    result = run_cli(write_config(tmp_path, tiny_model, db=db), "reindex", "--search-index")
+    assert result.exit_code == 0, result.output
+    assert "folders and days of 3 photos counted" in result.output and "no vector index to rebuild" in result.output
+    assert_spans_cover(db, exact=True)

@@ -218,11 +218,14 @@ def _rebuild_search_index(db: Path, model: str) -> None:
     except sqlite3.OperationalError as exc:
         conn.close()
         raise click.ClickException(f"cannot write the index {db}: {exc}") from None
-    if not has_vectors(conn, key):
+    if not has_vectors(conn, key):  # keyword search only: the spans were all there was to rebuild
         conn.close()
-        raise click.ClickException(
-            f"the index has no caption embeddings from {key}: run 'phototag reindex --embeddings' first"
+        click.echo(
+            f"search index: no caption embeddings from {key}, so no vector index to rebuild "
+            "('phototag reindex --embeddings' makes search by meaning possible)",
+            err=True,
         )
+        return
     try:
         store = VectorStore.for_sqlite(conn, db, key, vectors_cache_dir())
         click.echo(f"search index: rebuilding from the vectors of {key}", err=True)
