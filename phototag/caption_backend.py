@@ -5,15 +5,19 @@ Three backends fit: :class:`phototag.captioner.Captioner` (the model in this pro
 and :class:`phototag.cluster.RayCaptioner` (in Ray actors, ``--ray ADDRESS``). The decode threads call
 ``preprocess`` on each photo; the caption thread hands ``caption`` a batch of what it returned, and
 ``close`` when the run is over.
+With ``--ray-io`` the Ray backend decodes on the cluster (:class:`ClusterDecoding`): the pipeline hands
+it decode requests (a path and the planned size and mtime) instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
 
@@ -43,3 +47,15 @@ class CaptionBackend(Protocol):
     def close(self) -> None:
         """Stop what it started (a child process, Ray actors); idempotent."""
         ...
+
+
+@runtime_checkable
+class ClusterDecoding(Protocol):
+    """A backend that may decode photos itself (``--ray-io``: on the Ray cluster's nodes). While
+    ``decodes_on_cluster``, the pipeline queues ``decode_request(...)`` for ``caption`` instead of
+    decoding the photo here."""
+
+    @property
+    def decodes_on_cluster(self) -> bool: ...
+
+    def decode_request(self, path: Path, size: int, mtime_ns: int) -> Any: ...

@@ -27,10 +27,16 @@ import numpy as np
 
 from phototag.caption_backend import CaptionFailure
 from phototag.captioner import ModelLoadError
+from phototag.cluster_worker import DecodeRequest, DecodeSpec
 from phototag.config import ModelSettings
+from phototag.imaging import resize_for_model
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
+
+    from phototag.cluster_io import RayIO
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +121,18 @@ def _first_line(exc: BaseException) -> str:
 class RayCaptioner:
     """The caption stage's backend on a Ray cluster (see the module docstring)."""
 
-    def __init__(self, settings: ModelSettings, *, start_timeout: float = ACTOR_START_S) -> None:
+    def __init__(
+        self, settings: ModelSettings, *, start_timeout: float = ACTOR_START_S, io: RayIO | None = None
+    ) -> None:
         self._ray = _import_ray()
         self.settings = settings
+        self.io = io  # --ray-io: the nodes decode; the pipeline hands ``caption`` decode requests
         self._actors: list[Any] = []
+        self._nodes: dict[Any, str] = {}  # model actor -> its node (its decoder is the one there)
         self._next = 0
         self._start_actors(start_timeout)
+        if io is not None:
+            io.start()
 
     # -- actors ------------------------------------------------------------------------------------
 
@@ -151,6 +163,7 @@ class RayCaptioner:
             try:
                 infos.append(ray.get(ref))
                 self._actors.append(described[ref])
+                self._nodes[described[ref]] = infos[-1].get("node", "")
             except ray.exceptions.RayError as exc:  # e.g. the model folder is missing on that node
                 errors.append(_actor_error(exc))
                 ray.kill(described[ref])
@@ -169,6 +182,7 @@ class RayCaptioner:
         self.draft_decode = bool(info["draft_decode"])
         self.per_actor_batch = max(1, int(info["batch_size"]))
         self._resample = int(info["resample"])
+        self.decode_spec = DecodeSpec(self.input_size, self._resample, self.draft_decode)
         # one batch of the pipeline keeps every actor busy with one model call
         self.batch_size = self.per_actor_batch * len(self._actors)
         self.actor_hosts = [f"{i['host']}:{i['pid']} ({i['device']})" for i in infos]
@@ -177,6 +191,7 @@ class RayCaptioner:
     def _drop(self, actor: Any) -> None:
         if actor in self._actors:
             self._actors.remove(actor)
+            self._nodes.pop(actor, None)
             self._ray.kill(actor)
 
     def _actor(self) -> Any:
@@ -192,42 +207,69 @@ class RayCaptioner:
     def close(self) -> None:
         for actor in list(self._actors):
             self._drop(actor)
+        if self.io is not None:
+            self.io.close()
 
     # -- the backend -------------------------------------------------------------------------------
 
+    @property
+    def decodes_on_cluster(self) -> bool:
+        return self.io is not None
+
+    def decode_request(self, path: Path, size: int, mtime_ns: int) -> DecodeRequest:
+        """With ``--ray-io``: what the pipeline queues for the model instead of pixels."""
+        return DecodeRequest(str(path), size, mtime_ns)
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A decoded photo -> uint8 pixels at the model's input size, resized as BLIP's processor does."""
-        from PIL import Image
-
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        size = (self.input_size, self.input_size)
-        return np.asarray(rgb.resize(size, resample=Image.Resampling(self._resample)), dtype=np.uint8)
+        return resize_for_model(image, self.input_size, self._resample)
 
     def caption(self, pixels: Sequence[Any]) -> list[str | CaptionFailure]:
+        """One caption (or failure) per photo; ``pixels`` are uint8 arrays, or with ``--ray-io`` the
+        photos' :class:`DecodeRequest`, decoded on a node and handed to the model actor by reference."""
         ray = self._ray
         step = self.per_actor_batch
-        chunks = [np.stack(pixels[start : start + step]) for start in range(0, len(pixels), step)]
+        chunks: list[Any] = [pixels[start : start + step] for start in range(0, len(pixels), step)]
+        if self.io is None:
+            chunks = [np.stack(chunk) for chunk in chunks]
         results: list[list[str | CaptionFailure] | None] = [None] * len(chunks)
-        pending: dict[Any, tuple[int, Any, int]] = {}
+        pending: dict[Any, tuple[int, Any, int, Any, Any]] = {}
 
         def send(number: int, attempt: int, last_error: str) -> None:
             try:
                 actor = self._actor()
-            except _NoActors as exc:
+                io, failed = None, None
+                if self.io is not None:
+                    io = self.io.actor(self._nodes.get(actor))
+                    chunk, failed = io.decode.options(num_returns=2).remote(chunks[number], self.decode_spec)
+                else:
+                    chunk = chunks[number]
+            except (_NoActors, NoNodeActors) as exc:
                 results[number] = [CaptionFailure(f"{last_error}; {exc}", transient=True)] * len(chunks[number])
                 return
-            pending[actor.caption.remote(chunks[number])] = (number, actor, attempt)
+            pending[actor.caption.remote(chunk)] = (number, actor, attempt, io, failed)
 
         for number in range(len(chunks)):
             send(number, 1, "")
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
-            number, actor, attempt = pending.pop(ref)
+            number, actor, attempt, io, failed = pending.pop(ref)
             try:
-                results[number] = list(ray.get(ref))
+                undecoded = {}
+                if failed is not None:
+                    decoded = ray.get(failed)
+                    undecoded = decoded.failed
+                    for request in chunks[number]:
+                        log.debug("decoded %s on %s", request.path, decoded.decoder)
+                results[number] = _merge(len(chunks[number]), undecoded, ray.get(ref))
                 continue
-            except ray.exceptions.RayActorError as exc:  # the actor, its worker or its node is gone
-                self._drop(actor)
+            except ray.exceptions.RayActorError as exc:  # an actor, its worker or its node is gone
+                if io is not None and self.io is not None and self.io.owns(io, exc.actor_id):
+                    self.io.drop(io)  # the decoder was lost: the model actor is fine
+                else:
+                    self._drop(actor)
+                reason, transient = f"Ray worker lost ({_actor_error(exc)})", True
+            except ray.exceptions.ObjectLostError as exc:  # decoded pixels lost with their node
                 reason, transient = f"Ray worker lost ({_actor_error(exc)})", True
             except ray.exceptions.RayError as exc:  # the model failed on this chunk (e.g. out of memory)
                 reason, transient = f"model failed: {_actor_error(exc)}", False
@@ -241,8 +283,19 @@ class RayCaptioner:
         return [caption for chunk in results for caption in (chunk or [])]
 
 
+def _merge(count: int, undecoded: dict[int, tuple[str, bool]], captions: Sequence[str]) -> list[str | CaptionFailure]:
+    """A chunk's results in order: the photos a node could not decode fail with its reason, the others
+    take the model's captions (which came for them alone, in order)."""
+    texts = iter(captions)
+    return [CaptionFailure(*undecoded[number]) if number in undecoded else next(texts) for number in range(count)]
+
+
 class _NoActors(Exception):
     """Every actor is lost and none could be started again."""
+
+
+class NoNodeActors(Exception):
+    """No node of the cluster could start a decode/write actor (``--ray-io``)."""
 
 
 def _actor_error(exc: BaseException) -> str:

@@ -130,6 +130,7 @@ class PipelineSettings:
 @dataclass(frozen=True)
 class ClusterSettings:
     ray_address: str = ""  # empty: caption on this machine; else what ray.init(address=...) takes
+    ray_io: bool = False  # decode and write metadata on the cluster's nodes too (same-path mounts)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from phototag.failures import is_transient_os_error
@@ -88,6 +89,13 @@ def load_rgb(path: Path, *, min_side: int = 0, draft: bool = False, preview: byt
         if isinstance(exc, OSError) and is_transient_os_error(exc):
             raise  # the disk's trouble (I/O error), not the photo's: the caller retries it later
         raise ImageError(f"damaged or truncated image: {_first_line(exc)}") from None
+
+
+def resize_for_model(image: Image.Image, size: int, resample: int) -> np.ndarray:
+    """A decoded photo -> uint8 ``size`` x ``size`` x 3 pixels, resized as BLIP's processor does (what
+    crosses the network to a Ray model actor)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return np.asarray(rgb.resize((size, size), resample=Image.Resampling(resample)), dtype=np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -41,7 +41,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from phototag.caption_backend import CaptionBackend, CaptionFailure
+from phototag.caption_backend import CaptionBackend, CaptionFailure, ClusterDecoding
 from phototag.captioner import ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker, save_vectors
@@ -61,6 +61,7 @@ from phototag.stages import (
     RecordStage,
     ReportRecords,
     ReportWrites,
+    WriteFiles,
     WriteStage,
     photo_failure,
     store_vectors_job,
@@ -121,6 +122,7 @@ class Pipeline:
         exiftool: ExifToolSession,
         *,
         captioner_factory: Callable[[], CaptionBackend] | None = None,
+        write_files: WriteFiles | None = None,
         dry_run: bool = False,
         retry_failed: bool = False,
         include_restored: bool = False,
@@ -188,7 +190,9 @@ class Pipeline:
             self._threads.append(threading.Thread(target=writer.run, name="phototag-index", daemon=True))
             self._recorder = IndexRecords(writer, self._report)
             on_indexed = self.embeddings.submit if self.embeddings is not None else None
-            self._writer = MetadataWrites(writer, exiftool, settings.model, on_indexed=on_indexed)
+            self._writer = MetadataWrites(
+                writer, exiftool, settings.model, on_indexed=on_indexed, write_files=write_files
+            )
         self._started = False
 
     def _size_queues(self, batch_size: int) -> None:
@@ -339,6 +343,11 @@ class Pipeline:
         self._model_ready.wait()
         if self._stopping.is_set() or self.captioner is None:
             self._done_with(str(path))
+            return
+        if isinstance(self.captioner, ClusterDecoding) and self.captioner.decodes_on_cluster:
+            # --ray-io: a cluster node decodes it (the library is mounted there at the same path)
+            task.pixels = self.captioner.decode_request(path, task.size, task.mtime_ns)
+            self._to_model.put(task)
             return
         try:
             image = load_rgb(

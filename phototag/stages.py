@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -35,15 +34,16 @@ from sqlalchemy.orm import Session
 from phototag.config import ModelSettings
 from phototag.exiftool import MetadataError
 from phototag.failures import PERMANENT, TRANSIENT, is_transient_os_error, os_error_reason
-from phototag.fingerprint import content_hash
 from phototag.index import DONE, FAILED, PENDING, SOURCE_HUMAN, SOURCE_MODEL, Photo, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.mwg import local_time_iso
+from phototag.photo_write import WriteJob, WriteReport, write_photos
 from phototag.planning import CAPTIONED, FAILED_OUTCOME, HUMAN, WOULD_WRITE, Decision, Outcome, Task
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[Outcome], None]
+WriteFiles = Callable[[Sequence[WriteJob]], list[WriteReport]]
 WRITER_BATCH = 64  # index jobs committed in one transaction, at most
 # How long a job nobody waits for may wait for others to share its transaction (one transaction per
 # photo was a large share of the index's cost); short beside a photo's time in the pipeline.
@@ -243,11 +243,14 @@ class MetadataWrites:
         exiftool: ExifToolSession,
         model: ModelSettings,
         on_indexed: Callable[[list[tuple[int, str]]], None] | None = None,
+        write_files: WriteFiles | None = None,
     ) -> None:
         self.writer = writer
         self.exiftool = exiftool
         self.model = model
         self.on_indexed = on_indexed
+        # who writes the files: this process's exiftool, or writer actors on a Ray cluster (--ray-io)
+        self.write_files: WriteFiles = write_files or (lambda jobs: write_photos(exiftool, jobs))
 
     def handle(self, tasks: Sequence[Task]) -> None:
         to_write = [t for t in tasks if t.caption and not t.reason and t.source == SOURCE_MODEL and not t.confirm_only]
@@ -257,16 +260,15 @@ class MetadataWrites:
         ):
             return
         # 2. write the files
-        results: dict[int, tuple[bool, str]] = {}
-        for task in to_write:
-            try:
-                written = self.exiftool.write(task.path, task.caption or "", task.keywords, snapshot=task.snapshot)
-                if written.fallback_reason:
-                    log.info("wrote a sidecar instead: %s", written.fallback_reason)
-                results[id(task)] = (True, str(written.target) if written.kind == "sidecar" else "embedded")
-            except (MetadataError, OSError) as exc:
-                reason, task.transient = photo_failure(exc, "cannot write file")
-                results[id(task)] = (False, reason)
+        jobs = [WriteJob(t.path, t.caption or "", t.keywords, t.snapshot) for t in to_write]
+        reports = self.write_files(jobs) if jobs else []
+        results: dict[int, WriteReport] = {}
+        for task, report in zip(to_write, reports, strict=True):
+            if report.fallback_reason:
+                log.info("wrote a sidecar instead: %s", report.fallback_reason)
+            if not report.ok:
+                task.transient = report.transient
+            results[id(task)] = report
         # 3. record the outcome of every task
         indexed: list[tuple[int, str]] = []
         on_indexed = self.on_indexed
@@ -287,7 +289,7 @@ class MetadataWrites:
 
     @staticmethod
     def _record(
-        session: Session, tasks: Sequence[Task], results: dict[int, tuple[bool, str]], indexed: list[tuple[int, str]]
+        session: Session, tasks: Sequence[Task], results: dict[int, WriteReport], indexed: list[tuple[int, str]]
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         done: list[tuple[Photo, str]] = []
@@ -298,13 +300,14 @@ class MetadataWrites:
                 outcomes.append(_failed(row, task, task.reason))
                 continue
             if id(task) in results:
-                written, detail = results[id(task)]
-                if not written:
+                report = results[id(task)]
+                if not report.ok:
                     row.caption, row.keywords = None, ""
-                    outcomes.append(_failed(row, task, detail or "metadata write failed"))
+                    outcomes.append(_failed(row, task, report.reason or "metadata write failed"))
                     continue
-                row.written_to = detail
-                _restat(row, task)
+                row.written_to = report.written_to
+                if report.stat is not None:  # after our own write the file has a new size, mtime and hash
+                    row.size, row.mtime_ns, row.content_hash = report.stat
                 kind = CAPTIONED
             else:
                 row.caption, row.caption_source = task.caption, task.source
@@ -377,15 +380,6 @@ def _failed(row: Photo, task: Task, reason: str) -> Outcome:
     row.failure_kind = TRANSIENT if task.transient else PERMANENT
     row.tries = (row.tries or 0) + 1
     return Outcome(task.path, FAILED_OUTCOME, reason=reason)
-
-
-def _restat(row: Photo, task: Task) -> None:
-    """After our own write the file has a new size, mtime and hash: remember them."""
-    try:
-        stat = os.stat(task.path)
-        row.size, row.mtime_ns, row.content_hash = stat.st_size, stat.st_mtime_ns, content_hash(task.path)
-    except OSError:
-        pass
 
 
 def photo_failure(exc: BaseException, doing: str = "cannot read file") -> tuple[str, bool]:

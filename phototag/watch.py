@@ -37,6 +37,7 @@ from phototag.pipeline import Pipeline, error_line
 from phototag.planning import CAPTIONED, FAILED_OUTCOME, HUMAN, MOVED, RETURNED, SYMLINK, Outcome
 from phototag.safe_write import TEMP_MARKER
 from phototag.scan import walk_photos
+from phototag.stages import WriteFiles
 from phototag.sweep import sweep, sweepable
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class WatchDaemon:
         index: PhotoIndex,
         exiftool: ExifToolSession,
         captioner_factory: Callable[[], CaptionBackend] | None = None,
+        write_files: WriteFiles | None = None,
         lock: DaemonLock | None = None,
     ) -> None:
         self.settings = settings
@@ -175,7 +177,12 @@ class WatchDaemon:
         self.db = settings.db_path()
         self.settler = Settler(settings.watch.settle_seconds)
         self.pipeline = Pipeline(
-            settings, index, exiftool, captioner_factory=captioner_factory, on_outcome=self._on_outcome
+            settings,
+            index,
+            exiftool,
+            captioner_factory=captioner_factory,
+            write_files=write_files,
+            on_outcome=self._on_outcome,
         )
         self.counts: Counter[str] = Counter()  # outcomes since start, by kind
         self._counts_lock = threading.Lock()

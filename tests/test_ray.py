@@ -10,7 +10,10 @@ is shared. The photos, the index and exiftool stay in this process's tmp folders
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from phototag.imaging import ImageError, load_rgb
 from tests.conftest import REPO, WriteSpy, copy_from_corpus, description, run_cli, wait_until, write_config
 from tests.metadata_checks import allowed_changes, changed_tags, exiftool_json, pixels
 
@@ -142,6 +146,17 @@ def ray_cluster() -> Iterator[Cluster]:
             cluster.stop_node(worker)
         cluster.stop_node(head)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes(ray_cluster: Cluster) -> Cluster:
+    """The module's cluster with both nodes alive: a worker node a node-kill test took is started again."""
+    if ray_cluster.worker.poll() is not None or _alive_nodes(ray_cluster.env, ray_cluster.address) < 2:
+        ray_cluster.worker = _start_node(
+            [f"--address={ray_cluster.address}"], ray_cluster.env, ray_cluster.logs / "worker.log"
+        )
+        wait_until(lambda: _alive_nodes(ray_cluster.env, ray_cluster.address) == 2, 180, "two live Ray nodes", poll=1)
+    return ray_cluster
 
 
 def _phototag(cluster: Cluster, config: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -310,8 +325,10 @@ def _slow_config(tmp_path: Path, tiny_model: Path, db: Path) -> Path:
     return config
 
 
-def _backfill(cluster: Cluster, config: Path, lib: Path, log: Path) -> subprocess.Popen[bytes]:
-    args = ["-m", "phototag", "--config", str(config), "-v", "backfill", str(lib), "--ray", cluster.address]
+def _backfill(
+    cluster: Cluster, config: Path, lib: Path, log: Path, *extra: str, verbose: str = "-v"
+) -> subprocess.Popen[bytes]:
+    args = ["-m", "phototag", "--config", str(config), verbose, "backfill", str(lib), "--ray", cluster.address, *extra]
     with open(log, "a") as stderr:  # its own session: a Ctrl-C goes to it alone, as in a terminal
         return subprocess.Popen(
             [sys.executable, *args], env=cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -351,9 +368,155 @@ def test_ctrl_c_on_ray_stops_cleanly_and_the_rerun_captions_only_the_rest(
     assert all(status == "done" for status, _ in _rows(db).values())
 
 
-def test_a_worker_node_killed_mid_backfill_loses_nothing(
-    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+# -- --ray-io: decoding and metadata writes on the cluster's nodes --------------------------------------
+
+
+def _log_pids(output: str, verb: str) -> dict[str, int]:
+    """Photo name -> the pid that did ``verb`` ("decoded", "wrote") it, from the driver's -vv log."""
+    found = {}
+    for match in re.finditer(rf"{verb} (\S+) on [^:\s]+:(\d+)", output):
+        found[Path(match.group(1)).name] = int(match.group(2))
+    return found
+
+
+def test_ray_io_decodes_and_writes_on_the_nodes_and_a_rerun_changes_nothing(
+    two_nodes: Cluster, tiny_model: Path, tmp_path: Path
 ) -> None:
+    lib = tmp_path / "lib"
+    photos = copy_from_corpus(PHOTOS, lib)
+    cut = lib / "cut.jpg"  # plans fine (its metadata reads), fails to decode on the node
+    data = photos[0].read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(ImageError) as local:
+        load_rgb(cut, min_side=32)
+    before = {p.name: (exiftool_json(p), pixels(p)) for p in photos}
+    db = tmp_path / "index.sqlite3"
+    config = write_config(tmp_path, tiny_model, db=db, batch_size=2)
+
+    dry = _phototag(two_nodes, config, "backfill", str(lib), "--ray", two_nodes.address, "--ray-io", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: would caption 4" in dry.stderr and "failed 1" in dry.stderr, dry.stderr
+    assert all(changed_tags(before[p.name][0], exiftool_json(p)) == set() for p in photos)
+
+    spy = WriteSpy(lib)
+    try:
+        log = tmp_path / "run.log"
+        run = _backfill(two_nodes, config, lib, log, "--ray-io", verbose="-vv")  # -vv: who decoded and wrote each
+        assert run.wait(timeout=480) == 0, log.read_text()
+        wait_until(lambda: sum(spy.writes.values()) >= 4, 30, "every write seen")
+    finally:
+        spy.stop()
+    output = log.read_text()
+    assert "captioned 4, kept human captions 2" in output and "failed 1" in output, output
+    rows = _rows(db)
+    assert all(status == "done" for name, (status, _) in rows.items() if name != "cut.jpg")
+    with closing(sqlite3.connect(db)) as conn:
+        [(status, reason)] = conn.execute("SELECT status, failure_reason FROM photos WHERE path LIKE '%cut.jpg'")
+    assert (status, reason) == ("failed", str(local.value))  # the same reason as this machine's decode gives
+    # the four photos the model captioned were decoded and written by node actors, not by the driver
+    captioned = {p.name for p in photos if p.name not in ("XMP.jpg", "IPTC.jpg")}
+    decoded, wrote = _log_pids(output, "decoded"), _log_pids(output, "wrote")
+    assert captioned | {"cut.jpg"} <= decoded.keys() and captioned == wrote.keys(), output
+    assert run.pid not in set(decoded.values()) | set(wrote.values())
+    assert spy.writes == {str(lib / name): 1 for name in captioned}
+    for photo in photos:  # a real exiftool read: the caption is there, nothing else changed, pixels intact
+        after = exiftool_json(photo)
+        assert changed_tags(before[photo.name][0], after) <= allowed_changes(before[photo.name][0], photo)
+        assert pixels(photo) == before[photo.name][1], f"{photo.name}: pixels changed"
+        if photo.name in captioned:
+            assert description(photo) == rows[photo.name][1] and rows[photo.name][1]
+
+    # a rerun has nothing to caption: no file changes, no new caption
+    stamps = {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in photos}
+    again = _phototag(two_nodes, config, "backfill", str(lib), "--ray", two_nodes.address, "--ray-io")
+    assert again.returncode == 0, again.stderr
+    assert "captioned 0" in again.stderr and "skipped (unchanged) 6" in again.stderr, again.stderr
+    assert {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in photos} == stamps
+    assert _rows(db) == rows
+
+
+# A driver of its own (the token is read when Ray is first imported, and this process may have imported it
+# without one): it plans a write, has a node's writer do it, loses that writer before hearing back, and
+# sends the write again as the pipeline's write stage does. It prints what each step returned.
+LOST_WRITER = """
+import json, os, sys
+from pathlib import Path
+import ray
+from phototag.cluster import connect, disconnect
+from phototag.cluster_io import RayIO
+from phototag.config import MetadataSettings
+from phototag.metadata import ExifToolSession
+from phototag.photo_write import WriteJob
+
+photo, address = Path(sys.argv[1]), sys.argv[2]
+with ExifToolSession() as local:
+    job = WriteJob(photo, "a red bicycle against a wall", ("bicycle",), local.snapshot(photo))  # the plan's read
+connect(address)
+io = RayIO(MetadataSettings())
+io.start()
+first, other = io.actors
+[report] = ray.get(first.write.remote([job]))  # the first try renames its copy over the photo ...
+print(json.dumps({"first": [report.ok, report.written_to, report.already, report.writer]}), flush=True)
+sys.stdin.readline()  # the test has seen that rename
+ray.kill(first)  # ... and is lost before its report reaches the driver
+io.drop(other)  # so the actor the driver picks first is the lost one
+[retried] = io.write([job])
+print(json.dumps({"retried": [retried.ok, retried.written_to, retried.already, retried.writer, retried.stat]}))
+io.close()
+disconnect()
+"""
+
+
+def test_a_write_retried_after_its_writer_was_lost_past_the_rename_writes_nothing_again(
+    two_nodes: Cluster, tmp_path: Path
+) -> None:
+    [photo] = copy_from_corpus(PHOTOS[:1], tmp_path / "lib")
+    spy = WriteSpy(photo.parent)
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", LOST_WRITER, str(photo), two_nodes.address],
+            env=two_nodes.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert driver.stdout is not None and driver.stdin is not None
+        first = json.loads(driver.stdout.readline() or "{}").get("first")
+        assert first is not None, driver.communicate(timeout=120)
+        ok, written_to, already, writer = first
+        assert ok and written_to == "embedded" and not already and int(writer.rsplit(":", 1)[1]) != driver.pid
+        wait_until(lambda: spy.writes[str(photo)] == 1, 30, "the first write seen")
+        written = (photo.stat().st_ino, photo.stat().st_mtime_ns, hashlib.sha256(photo.read_bytes()).hexdigest())
+        out, err = driver.communicate("go\n", timeout=300)
+    finally:
+        spy.stop()
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err
+    assert "sending it again" in err  # the lost writer's chunk went to a live one
+    ok, written_to, already, writer, stat = json.loads(out.splitlines()[-1])["retried"]
+    # that one saw the photo changed since the plan's read and carrying this caption: done, not written again
+    assert ok and already and written_to == "embedded"
+    assert stat[:2] == [photo.stat().st_size, photo.stat().st_mtime_ns]
+    assert spy.writes[str(photo)] == 1
+    assert (photo.stat().st_ino, photo.stat().st_mtime_ns, hashlib.sha256(photo.read_bytes()).hexdigest()) == written
+    assert description(photo) == "a red bicycle against a wall"
+
+
+def test_ray_io_without_ray_is_a_usage_error(tiny_model: Path, tmp_path: Path) -> None:
+    copy_from_corpus(PHOTOS[:1], tmp_path / "lib")
+    result = run_cli(write_config(tmp_path, tiny_model), "backfill", str(tmp_path / "lib"), "--ray-io")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --ray-io needs --ray ADDRESS (or [cluster] ray_address): the cluster to use"
+    )
+    assert not (tmp_path / "index.sqlite3").exists() or _rows(tmp_path / "index.sqlite3") == {}
+
+
+@pytest.mark.parametrize("io_flags", [(), ("--ray-io",)], ids=["ray", "ray-io"])
+def test_a_worker_node_killed_mid_backfill_loses_nothing(
+    two_nodes: Cluster, tiny_model: Path, tmp_path: Path, io_flags: tuple[str, ...]
+) -> None:
+    """With --ray-io the lost node also held a decoder and a writer: their chunks go to the head's."""
+    ray_cluster = two_nodes
     lib = tmp_path / "lib"
     photos = _distinct_jpegs(lib, 40)
     db = tmp_path / "index.sqlite3"
@@ -361,7 +524,7 @@ def test_a_worker_node_killed_mid_backfill_loses_nothing(
     spy = WriteSpy(lib)
     log = tmp_path / "run.log"
     try:
-        run = _backfill(ray_cluster, config, lib, log)
+        run = _backfill(ray_cluster, config, lib, log, *io_flags)
         try:
             wait_until(lambda: sum(spy.writes.values()) >= 4 or run.poll() is not None, 300, "the first captions")
             assert run.poll() is None, "the backfill ended before a node could be lost: give it more photos"
@@ -379,3 +542,6 @@ def test_a_worker_node_killed_mid_backfill_loses_nothing(
     assert spy.writes == {str(p): 1 for p in photos}  # every photo written once, none twice
     rows = _rows(db)
     assert all(status == "done" and caption for status, caption in rows.values()) and len(rows) == len(photos)
+    for photo in photos:  # none damaged: each decodes, and carries the caption its row has
+        assert description(photo) == rows[photo.name][1]
+        load_rgb(photo)

@@ -16,7 +16,7 @@ from phototag import last_run
 from phototag.cli.context import AppContext, pass_app
 from phototag.cli.options import (
     apply_model_options,
-    caption_backend,
+    cluster_stages,
     dry_run_option,
     model_options,
     paths_argument,
@@ -51,6 +51,7 @@ def command(
     retry_failed: bool,
     include_restored: bool,
     ray_address: str | None,
+    ray_io: bool | None,
     no_progress: bool,
     **model_values: Any,
 ) -> None:
@@ -73,12 +74,13 @@ def command(
       phototag backfill ~/Pictures --dry-run
       phototag backfill ~/Pictures/2019 --include-restored
       phototag backfill /mnt/photos --ray 192.168.1.20:6379   # the model on a Ray cluster
+      phototag backfill /mnt/photos --ray 192.168.1.20:6379 --ray-io   # decode and write on its nodes too
     """
     settings = apply_model_options(app, model_values)
     roots = app.roots(paths)
     if not dry_run:
         app.lock_index("phototag backfill")  # before anything is written, the stale temps included
-    captioner_factory = caption_backend(app, ray_address)
+    cluster = cluster_stages(app, ray_address, ray_io)
 
     progress = Progress(enabled=not no_progress, quiet=app.quiet)
 
@@ -106,7 +108,8 @@ def command(
         retry_failed=retry_failed,
         include_restored=include_restored,
         on_outcome=outcome_sink,
-        captioner_factory=captioner_factory,
+        captioner_factory=cluster.captioner_factory,
+        write_files=cluster.write_files,
     ).start()
     threading.Thread(target=_count_into, args=(progress, roots), daemon=True).start()
     completed = _feed(pipeline, roots)

@@ -4,12 +4,14 @@
 - ``progress_option``: ``--no-progress`` (backfill, restore, reindex).
 - ``dry_run_option``: ``--dry-run`` (backfill, prune); each command says what its dry run shows.
 - ``paths_argument``: the PATHS a command works on (backfill, restore, prune, watch).
-- ``ray_option`` (+ ``caption_backend``): ``--ray ADDRESS``, the model on a Ray cluster (backfill, watch).
+- ``ray_option`` (+ ``cluster_stages``): ``--ray ADDRESS``, the model on a Ray cluster, and ``--ray-io``,
+  decoding and metadata writes on its nodes too (backfill, watch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from phototag.config import Settings
 
 if TYPE_CHECKING:
     from phototag.caption_backend import CaptionBackend
+    from phototag.stages import WriteFiles
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -52,12 +55,24 @@ model_options = _stack(
     ]
 )
 
-ray_option = click.option(
-    "--ray",
-    "ray_address",
-    metavar="ADDRESS",
-    help="Run the model on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: [cluster] ray_address). "
-    "Decoding, metadata writes and the index stay on this machine. Needs phototag[ray].",
+ray_option = _stack(
+    [
+        click.option(
+            "--ray",
+            "ray_address",
+            metavar="ADDRESS",
+            help="Run the model on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: [cluster] "
+            "ray_address). Decoding, metadata writes and the index stay on this machine. Needs phototag[ray].",
+        ),
+        click.option(
+            "--ray-io",
+            is_flag=True,
+            default=None,
+            help="With --ray: decode photos and write their metadata on the cluster's nodes too, for a library "
+            "mounted at the same path on every node (exiftool and the model folder there too); the index stays "
+            "on this machine (default: [cluster] ray_io).",
+        ),
+    ]
 )
 
 progress_option = click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
@@ -94,14 +109,25 @@ def apply_model_options(app: AppContext, values: dict[str, Any]) -> Settings:
     return settings
 
 
-def caption_backend(app: AppContext, ray_address: str | None) -> Callable[[], CaptionBackend] | None:
+@dataclass(frozen=True)
+class ClusterStages:
+    """What ``--ray`` / ``--ray-io`` swap into the pipeline; None each: this machine does it."""
+
+    captioner_factory: Callable[[], CaptionBackend] | None = None
+    write_files: WriteFiles | None = None
+
+
+def cluster_stages(app: AppContext, ray_address: str | None, ray_io: bool | None) -> ClusterStages:
     """With ``--ray`` (or ``[cluster] ray_address``): join the cluster now, so a wrong address or a
     missing token stops the command at once, and return what starts the model's actors when the first
-    photo needs them. Without it: None (the model in this process), and Ray is never imported."""
-    settings = app.with_overrides("cluster", ray_address=ray_address)
+    photo needs them (and, with ``--ray-io``, the node actors that decode and write). Without it: the
+    model in this process, and Ray is never imported."""
+    settings = app.with_overrides("cluster", ray_address=ray_address, ray_io=ray_io)
     address = settings.cluster.ray_address
     if not address:
-        return None
+        if settings.cluster.ray_io:
+            raise click.UsageError("--ray-io needs --ray ADDRESS (or [cluster] ray_address): the cluster to use")
+        return ClusterStages()
     from phototag.cluster import ClusterError, RayCaptioner, connect, disconnect
 
     try:
@@ -110,10 +136,16 @@ def caption_backend(app: AppContext, ray_address: str | None) -> Callable[[], Ca
         raise click.ClickException(str(exc)) from None
     app.on_close(disconnect)
     model = settings.model
+    io = None
+    if settings.cluster.ray_io:
+        from phototag.cluster_io import RayIO
+
+        io = RayIO(settings.metadata)
+        app.on_close(io.close)
 
     def start() -> CaptionBackend:
-        captioner = RayCaptioner(model)
+        captioner = RayCaptioner(model, io=io)
         app.on_close(captioner.close)
         return captioner
 
-    return start
+    return ClusterStages(start, io.write if io is not None else None)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from phototag.cli.context import AppContext, pass_app
-from phototag.cli.options import apply_model_options, caption_backend, model_options, paths_argument, ray_option
+from phototag.cli.options import apply_model_options, cluster_stages, model_options, paths_argument, ray_option
 
 if TYPE_CHECKING:
     from phototag.config import Settings
@@ -28,7 +28,9 @@ log = logging.getLogger("phototag.watch")
 @model_options
 @ray_option
 @pass_app
-def command(app: AppContext, paths: tuple[Path, ...], ray_address: str | None, **model_values: Any) -> None:
+def command(
+    app: AppContext, paths: tuple[Path, ...], ray_address: str | None, ray_io: bool | None, **model_values: Any
+) -> None:
     """Watch PATHS (default: the config's [watch] folders) and caption new photos as they arrive.
 
     New, changed and moved-in photos are captioned once their copy has settled; moved and renamed
@@ -45,6 +47,7 @@ def command(app: AppContext, paths: tuple[Path, ...], ray_address: str | None, *
       phototag watch                           # the config's [watch] folders
       systemctl --user enable --now phototag   # see contrib/phototag.service
       phototag watch /mnt/photos --ray auto    # the model on the Ray cluster this machine is part of
+      phototag watch /mnt/photos --ray auto --ray-io   # decode and write on its nodes too (same mounts)
     """
     from phototag.safe_write import clean_stale_temps
     from phototag.watch import WatchDaemon
@@ -65,9 +68,15 @@ def command(app: AppContext, paths: tuple[Path, ...], ray_address: str | None, *
     stale = clean_stale_temps(roots)  # temps of dead writers (and old ones of other hosts); never a live one's
     if stale:
         log.info("removed %d temp files left by an interrupted run", len(stale))
-    captioner_factory = caption_backend(app, ray_address)
+    cluster = cluster_stages(app, ray_address, ray_io)
     daemon = WatchDaemon(
-        settings, roots, index=index, exiftool=exiftool, lock=lock, captioner_factory=captioner_factory
+        settings,
+        roots,
+        index=index,
+        exiftool=exiftool,
+        lock=lock,
+        captioner_factory=cluster.captioner_factory,
+        write_files=cluster.write_files,
     )
     watch = settings.watch
     log.info(
