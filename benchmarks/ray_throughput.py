@@ -7,11 +7,15 @@ each, token auth as ``ray start --head`` does it), and for 1 node, then 2:
   :class:`phototag.cluster.RayCaptioner` after one warm-up batch: the cluster's captioning rate;
 - pipeline: phototag's real Pipeline end to end on fresh copies (plan, decode, metadata write and
   index here, the model on the cluster) with the actors already started; actor start printed apart;
-- bytes per photo: the uint8 pixels of a batch / its photos, and the caption text coming back.
+- pipeline ``--ray-io``: the same, with decoding and metadata writes on the nodes' PhotoIO actors;
+- bytes per photo that cross the driver's link to the cluster in each mode (what Ray pickles: pixels
+  or decode requests out, captions back; with ``--ray-io`` also the write jobs out and the reports
+  back), and the photo bytes the driver itself reads and writes to decode and safe-write.
 
 Then the paper numbers for 10M photos on 8 GPUs (docs/scale-out.md explains them).
 
     python benchmarks/ray_throughput.py                 # the tiny test model, 24 photos
+    python benchmarks/ray_throughput.py --photos 8      # a short check that it runs
     python benchmarks/ray_throughput.py --photos 48 --model ~/models/blip-base --max-new-tokens 30
 """
 
@@ -19,17 +23,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's phototag
@@ -64,18 +71,38 @@ def main() -> None:
         )
         wait_for(lambda: "--block" in (work / "node-0.log").read_text(errors="replace"), "the Ray head")
         print(f"photos {len(photos)} (real corpus photos), model {model}, batch {args.batch_size} per actor")
-        print(f"{'nodes':>5}  {'model on cluster':>18}  {'pipeline --ray':>16}  {'actor start':>11}")
+        print(
+            f"{'nodes':>5}  {'model on cluster':>18}  {'pipeline --ray':>16}  {'--ray --ray-io':>16}"
+            f"  {'actor start':>11}"
+        )
         results = {}
         for count in (1, 2):
             if count == 2:
                 nodes.append(start_node([f"--address={address}"], env, work))
                 wait_for(lambda: alive_nodes(env, address) == 2, "two Ray nodes")
             results[count] = measure(args, address, model, photos, work / f"run-{count}")
-            model_rate, end_to_end, start_s, per_photo, caption_bytes = results[count]
-            print(f"{count:>5}  {model_rate:>12.2f} ph/s  {end_to_end:>10.2f} ph/s  {start_s:>9.1f} s")
-        per_photo, caption_bytes = results[2][3], results[2][4]
-        print(f"bytes per photo to the cluster: {per_photo:,.0f} (uint8 pixels); back: {caption_bytes:.0f} (caption)")
-        print(f"  BLIP base/large (384 x 384 x 3 uint8): {384 * 384 * 3:,} bytes per photo")
+            r = results[count]
+            print(
+                f"{count:>5}  {r.model_rate:>12.2f} ph/s  {r.ray_rate:>10.2f} ph/s  {r.io_rate:>10.2f} ph/s"
+                f"  {r.start_s:>9.1f} s"
+            )
+        r = results[2]
+        size = sum(p.stat().st_size for p in photos) / len(photos)
+        print("bytes per photo across the driver's link to the cluster (pickled, as Ray sends them):")
+        print(
+            f"  --ray:          out {r.ray_bytes[0]:>8,.0f} (uint8 pixels)"
+            f"                  back {r.ray_bytes[1]:>6,.0f} (caption)"
+        )
+        print(
+            f"  --ray --ray-io: out {r.io_bytes[0]:>8,.0f} (decode request + write job)  "
+            f"back {r.io_bytes[1]:>6,.0f} (caption + write report)"
+        )
+        print(
+            f"photo bytes the driver reads and writes per photo ({size:,.0f}-byte photos, embed mode): "
+            f"--ray ~{3 * size:,.0f} (decode read, safe-write copy read + write); --ray --ray-io 0 "
+            "(planning's fingerprint and metadata read stay on the driver in both)"
+        )
+        print(f"  BLIP base/large (384 x 384 x 3 uint8): {384 * 384 * 3:,} bytes of pixels per photo with --ray")
         paper()
     finally:
         for proc in reversed(nodes):
@@ -85,10 +112,19 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(
-    args: argparse.Namespace, address: str, model: str, photos: list[Path], folder: Path
-) -> tuple[float, float, float, float, float]:
-    """(model photos/s, pipeline photos/s, actor start s, pixel bytes per photo, caption bytes per photo)."""
+@dataclass
+class Measured:
+    model_rate: float  # photos/s of the model alone on the cluster
+    ray_rate: float  # photos/s of the pipeline with --ray
+    io_rate: float  # photos/s of the pipeline with --ray --ray-io
+    start_s: float  # the model actors' start
+    ray_bytes: tuple[float, float]  # per photo across the driver's link, out and back, with --ray
+    io_bytes: tuple[float, float]  # the same with --ray --ray-io
+
+
+def measure(args: argparse.Namespace, address: str, model: str, photos: list[Path], folder: Path) -> Measured:
+    from phototag.cluster_io import RayIO
+    from phototag.config import MetadataSettings
     from phototag.imaging import load_rgb
 
     settings = ModelSettings(
@@ -102,23 +138,26 @@ def measure(
         pixels = [captioner.preprocess(load_rgb(p, min_side=captioner.input_size)) for p in photos]
         captioner.caption(pixels[: captioner.batch_size])  # warm up every actor
         started = time.perf_counter()
-        captions = []
         for first in range(0, len(pixels), captioner.batch_size):
-            captions.extend(captioner.caption(pixels[first : first + captioner.batch_size]))
+            captioner.caption(pixels[first : first + captioner.batch_size])
         model_rate = len(pixels) / (time.perf_counter() - started)
-        end_to_end = pipeline_rate(settings, captioner, photos, folder)
+        ray_rate, ray_bytes = pipeline_rate(settings, captioner, None, photos, folder / "ray")
         captioner.close()
+        io = RayIO(MetadataSettings(overwrite=True))
+        io_captioner = RayCaptioner(settings, io=io)  # the node actors start with it, before the clock
+        io_rate, io_bytes = pipeline_rate(settings, io_captioner, io, photos, folder / "ray-io")
+        io_captioner.close()
     finally:
         disconnect()
-    pixel_bytes = sum(p.nbytes for p in pixels) / len(pixels)
-    caption_bytes = sum(len(str(c).encode()) for c in captions) / len(captions)
-
-    return model_rate, end_to_end, start_s, pixel_bytes, caption_bytes
+    return Measured(model_rate, ray_rate, io_rate, start_s, ray_bytes, io_bytes)
 
 
-def pipeline_rate(model: ModelSettings, captioner: RayCaptioner, photos: list[Path], folder: Path) -> float:
+def pipeline_rate(
+    model: ModelSettings, captioner: RayCaptioner, io: Any, photos: list[Path], folder: Path
+) -> tuple[float, tuple[float, float]]:
     """photos/s of phototag's real Pipeline (plan, decode, caption on the cluster, exiftool write, index)
-    on fresh copies, with the actors already started (as in a long backfill)."""
+    on fresh copies, with the actors already started (as in a long backfill); with ``io`` (a RayIO),
+    decoding and writes on the nodes. Also the bytes per photo out to the cluster and back, as pickled."""
     from phototag.config import IndexSettings, MetadataSettings, SearchSettings, Settings
     from phototag.index import PhotoIndex
     from phototag.metadata import ExifToolSession
@@ -135,11 +174,37 @@ def pipeline_rate(model: ModelSettings, captioner: RayCaptioner, photos: list[Pa
         search=SearchSettings(embeddings=False),
         metadata=MetadataSettings(overwrite=True),  # corpus photos with a person's caption are captioned too
     )
+    wire = {"out": 0, "back": 0}
+    lock = threading.Lock()
+    caption = captioner.caption
+
+    def counted_caption(items: Any) -> Any:  # pixels (--ray) or decode requests (--ray-io) out, captions back
+        captions = caption(items)
+        with lock:
+            wire["out"] += len(pickle.dumps(list(items)))
+            wire["back"] += len(pickle.dumps(list(captions)))
+        return captions
+
+    def counted_write(jobs: Any) -> Any:  # write jobs out, reports back (--ray-io)
+        reports = io.write(jobs)
+        with lock:
+            wire["out"] += len(pickle.dumps(list(jobs)))
+            wire["back"] += len(pickle.dumps(list(reports)))
+        return reports
+
+    captioner.caption = counted_caption  # type: ignore[method-assign]
     index = PhotoIndex(settings.db_path())
     outcomes: list[Outcome] = []
     with ExifToolSession() as exiftool:
         exiftool.version()  # the process is up before the clock starts
-        pipeline = Pipeline(settings, index, exiftool, captioner_factory=lambda: captioner, on_outcome=outcomes.append)
+        pipeline = Pipeline(
+            settings,
+            index,
+            exiftool,
+            captioner_factory=lambda: captioner,
+            write_files=counted_write if io is not None else None,
+            on_outcome=outcomes.append,
+        )
         started = time.perf_counter()
         pipeline.start()
         for path in walk_photos([library]):
@@ -150,7 +215,7 @@ def pipeline_rate(model: ModelSettings, captioner: RayCaptioner, photos: list[Pa
     failed = [o for o in outcomes if o.kind != CAPTIONED]
     if failed or len(outcomes) != len(photos):
         raise SystemExit(f"the pipeline did not caption every photo: {failed[:3]} ({len(outcomes)} outcomes)")
-    return len(photos) / elapsed
+    return len(photos) / elapsed, (wire["out"] / len(photos), wire["back"] / len(photos))
 
 
 def paper() -> None:

@@ -1,8 +1,9 @@
 """Captioning on a Ray cluster (``--ray ADDRESS``): connect, start the model's actors, send them batches.
 
-Only this module and :mod:`phototag.cluster_model` import Ray, and only when ``--ray`` (or
-``[cluster] ray_address``) is given. Everything else stays where the photos are: the pipeline plans,
-decodes, writes metadata and keeps the index on this machine (the driver), and
+Only this module, :mod:`phototag.cluster_io` and :mod:`phototag.cluster_model` import Ray, and only
+when ``--ray`` (or ``[cluster] ray_address``) is given. Everything else stays where the photos are: the
+pipeline plans, decodes, writes metadata and keeps the index on this machine (the driver; with
+``--ray-io`` the nodes decode and write, see :mod:`phototag.cluster_io`), and
 :class:`RayCaptioner` takes the place of the local :class:`~phototag.captioner.Captioner` as the
 caption stage's backend. What crosses the network is a batch of decoded, resized uint8 pixels one way
 and captions the other.
@@ -194,14 +195,20 @@ class RayCaptioner:
             self._nodes.pop(actor, None)
             self._ray.kill(actor)
 
-    def _actor(self) -> Any:
-        """The next live actor (round robin); when the last is gone, start afresh on what is left."""
+    def _actor(self, avoid: str | None = None) -> Any:
+        """The next live actor (round robin), one off the node ``avoid`` if there is one (a chunk sent
+        again leaves the node that lost it: its other actors are likely gone too, though not yet known
+        to be); when the last is gone, start afresh on what is left."""
         if not self._actors:
             try:
                 self._start_actors(ACTOR_START_S)
             except ModelLoadError as exc:
                 raise _NoActors(str(exc)) from None
         self._next = (self._next + 1) % len(self._actors)
+        for offset in range(len(self._actors) if avoid is not None else 0):
+            actor = self._actors[(self._next + offset) % len(self._actors)]
+            if self._nodes.get(actor) != avoid:
+                return actor
         return self._actors[self._next]
 
     def close(self) -> None:
@@ -235,9 +242,9 @@ class RayCaptioner:
         results: list[list[str | CaptionFailure] | None] = [None] * len(chunks)
         pending: dict[Any, tuple[int, Any, int, Any, Any]] = {}
 
-        def send(number: int, attempt: int, last_error: str) -> None:
+        def send(number: int, attempt: int, last_error: str, avoid: str | None = None) -> None:
             try:
-                actor = self._actor()
+                actor = self._actor(avoid)
                 io, failed = None, None
                 if self.io is not None:
                     io = self.io.actor(self._nodes.get(actor))
@@ -254,6 +261,7 @@ class RayCaptioner:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             number, actor, attempt, io, failed = pending.pop(ref)
+            node = self._nodes.get(actor)
             try:
                 undecoded = {}
                 if failed is not None:
@@ -277,7 +285,7 @@ class RayCaptioner:
                 log.warning(
                     "a batch of %d failed on the Ray cluster (%s): sending it again", len(chunks[number]), reason
                 )
-                send(number, attempt + 1, reason)
+                send(number, attempt + 1, reason, avoid=node)
             else:
                 results[number] = [CaptionFailure(f"{reason}, twice", transient=transient)] * len(chunks[number])
         return [caption for chunk in results for caption in (chunk or [])]

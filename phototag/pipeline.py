@@ -11,7 +11,9 @@ in the index). Threads:
 - ``caption`` (one): holds the model (loaded when the first photo needs it), batches what is queued;
 - ``write`` (one per exiftool process of the session, ``[pipeline] exiftool_processes``): the write
   stage, metadata through exiftool (safe write), side by side; a photo is in the pipeline once at a
-  time (the in-flight set is per path), so two writes of one photo never overlap;
+  time (the in-flight set is per path), so two writes of one photo never overlap. With ``--ray-io``
+  the files are written by the cluster's node actors (``write_files``) and the decode threads only
+  plan: a node decodes each photo (:class:`~phototag.caption_backend.ClusterDecoding`);
 - ``index`` (one): the only thread writing the index, committing in batches (:class:`IndexWriter`);
 - ``embed`` (one, with ``[search] embeddings``): embeds indexed captions for search by meaning.
 

@@ -62,7 +62,8 @@ ray_option = _stack(
             "ray_address",
             metavar="ADDRESS",
             help="Run the model on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: [cluster] "
-            "ray_address). Decoding, metadata writes and the index stay on this machine. Needs phototag[ray].",
+            "ray_address). Decoding, metadata writes (unless --ray-io) and the index stay on this machine. "
+            "Needs phototag[ray].",
         ),
         click.option(
             "--ray-io",
