@@ -235,7 +235,11 @@ class WriteStage(Protocol):
 
 class MetadataWrites:
     """The real write stage: commit the planned captions, write them into the photos (or sidecars),
-    then hand the results to the index writer, which marks the rows and reports the outcomes."""
+    then hand the results to the index writer, which marks the rows and reports the outcomes.
+
+    ``write_files`` writes a chunk and reports each photo (:func:`phototag.photo_write.write_photo`):
+    by default through this process's exiftool; with ``--ray-io`` on the Ray cluster's nodes
+    (:meth:`phototag.cluster_io.RayIO.write`), which run that same function."""
 
     def __init__(
         self,

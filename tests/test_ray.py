@@ -336,16 +336,18 @@ def _backfill(
         )  # fmt: skip
 
 
+@pytest.mark.parametrize("io_flags", [(), ("--ray-io",)], ids=["ray", "ray-io"])
 def test_ctrl_c_on_ray_stops_cleanly_and_the_rerun_captions_only_the_rest(
-    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+    two_nodes: Cluster, tiny_model: Path, tmp_path: Path, io_flags: tuple[str, ...]
 ) -> None:
+    ray_cluster = two_nodes
     lib = tmp_path / "lib"
     photos = _distinct_jpegs(lib, 30)
     db = tmp_path / "index.sqlite3"
     config = _slow_config(tmp_path, tiny_model, db)
     spy = WriteSpy(lib)
     try:
-        run = _backfill(ray_cluster, config, lib, tmp_path / "first.log")
+        run = _backfill(ray_cluster, config, lib, tmp_path / "first.log", *io_flags)
         try:
             wait_until(lambda: sum(spy.writes.values()) >= 3 or run.poll() is not None, 300, "the first captions")
             assert run.poll() is None, "the backfill ended before Ctrl-C: give it more photos"
@@ -358,7 +360,7 @@ def test_ctrl_c_on_ray_stops_cleanly_and_the_rerun_captions_only_the_rest(
         assert "stopping: finishing the batch in flight" in first
         done = {name for name, (status, _) in _rows(db).items() if status == "done"}
         assert 3 <= len(done) < len(photos) and all(status in ("done", "pending") for status, _ in _rows(db).values())
-        rerun = _backfill(ray_cluster, config, lib, tmp_path / "rerun.log")
+        rerun = _backfill(ray_cluster, config, lib, tmp_path / "rerun.log", *io_flags)
         assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()
         assert f"captioned {len(photos) - len(done)}," in (tmp_path / "rerun.log").read_text()
         wait_until(lambda: sum(spy.writes.values()) >= len(photos), 30, "every write seen")
