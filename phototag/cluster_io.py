@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # Longest wait for the node actors to start (an exiftool and a Python worker each: seconds, not minutes).
 IO_START_S = 120.0
+# How long a write waits, after its actor became unreachable, for Ray to tell whether it lives (a dead
+# node is declared dead after its missed health checks: ~30 s by default).
+UNREACHABLE_WAIT_S = 90.0
 
 
 class RayIO:
@@ -136,19 +139,40 @@ class RayIO:
     # -- writes ------------------------------------------------------------------------------------
 
     def write(self, jobs: Sequence[WriteJob]) -> list[WriteReport]:
-        """The write stage's ``write_files`` on the cluster: one report per job, in order."""
+        """The write stage's ``write_files`` on the cluster: one report per job, in order.
+
+        A chunk whose actor died is sent again, once, to another node. One whose actor Ray reports
+        unreachable ("the task may or may not have been executed") may still be writing those photos:
+        it is sent again only once Ray says which it is, to the same actor when it lives (its file locks
+        keep one write per photo at a time) or to another when it died; while Ray cannot tell, the
+        photos fail transiently instead (two nodes must never write one photo at once)."""
         ray = self._ray
         reason = ""
+        actor: Any = None
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                actor = self.actor()
+                actor = actor or self.actor()
             except NoNodeActors as exc:
                 reason = f"{reason}; {exc}" if reason else str(exc)
                 return [WriteReport(False, reason=reason, transient=True) for _ in jobs]
             try:
                 reports: list[WriteReport] = ray.get(actor.write.remote(list(jobs), attempt > 1))
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:  # actor or node lost
+            except ray.exceptions.ActorUnavailableError as exc:
+                reason = f"Ray worker lost ({_actor_error(exc)})"
+                alive = self._alive(actor)
+                if alive is None:
+                    reason = f"Ray worker unreachable ({_actor_error(exc)}); it may still be writing"
+                    return [WriteReport(False, reason=reason, transient=True) for _ in jobs]
+                if not alive:
+                    self.drop(actor)
+                    actor = None
+                if attempt < ATTEMPTS:
+                    log.warning("a write of %d photos was cut off on the Ray cluster (%s): sending it again",
+                                len(jobs), reason)  # fmt: skip
+                continue
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:  # actor or node died
                 self.drop(actor)
+                actor = None
                 reason = f"Ray worker lost ({_actor_error(exc)})"
                 if attempt < ATTEMPTS:
                     log.warning(
@@ -160,3 +184,21 @@ class RayIO:
                 log.debug("wrote %s on %s%s", job.path, report.writer, done)
             return reports
         return [WriteReport(False, reason=f"{reason}, twice", transient=True) for _ in jobs]
+
+    def _alive(self, actor: Any) -> bool | None:
+        """Whether an actor that was unreachable lives (True), died (False), or Ray cannot tell yet (None)."""
+        import time
+
+        ray = self._ray
+        deadline = time.monotonic() + UNREACHABLE_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.describe.remote(), timeout=5)
+                return True
+            except ray.exceptions.ActorDiedError:
+                return False
+            except ray.exceptions.GetTimeoutError:
+                continue  # Ray has not decided yet: ask again
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(1.0)  # refused at once while Ray decides: ask again in a moment
+        return None

@@ -62,3 +62,14 @@ def file_size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def photo_failure(exc: BaseException, doing: str = "cannot read file") -> tuple[str, bool]:
+    """A per-photo error as (one-line reason, transient?)."""
+    from phototag.exiftool import MetadataError  # the metadata rooms' one error (no import cycle here)
+
+    if isinstance(exc, MetadataError):
+        return str(exc), exc.transient
+    if isinstance(exc, OSError):
+        return f"{doing}: {os_error_reason(exc)}", is_transient_os_error(exc)
+    return str(exc), False

@@ -71,16 +71,17 @@ class WriteResult:
     fallback_reason: str | None = None  # why an embed fell back to a sidecar
 
 
-Stamp = tuple[int, int, int, int, int]  # a file's device, inode, size, mtime and ctime (ns)
+Stamp = tuple[int, int, int, int]  # a file's inode, size, mtime and ctime (ns)
 
 
 def file_stamp(path: Path) -> Stamp | None:
-    """What tells a file changed since it was read (None: no such file)."""
+    """What tells a file changed since it was read (None: no such file). Not the device number: another
+    machine mounting the same share (``--ray-io``) sees its own, for the same unchanged file."""
     try:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 @dataclass(frozen=True)

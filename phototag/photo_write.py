@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phototag.exiftool import MetadataError
-from phototag.failures import is_transient_os_error, os_error_reason
+from phototag.failures import photo_failure
 from phototag.fingerprint import content_hash
-from phototag.metadata import ExifToolSession, MetadataSnapshot, file_stamp
-from phototag.mwg import normalize_caption, normalize_keywords
+from phototag.metadata import ExifToolSession, MetadataSnapshot
+from phototag.mwg import existing_metadata, normalize_caption, normalize_keywords
 from phototag.sidecars import is_raw
 
 
@@ -69,7 +69,7 @@ def write_photo(session: ExifToolSession, job: WriteJob, *, retried: bool = Fals
             return WriteReport(True, written_to=done, stat=_stat(job.path), writer=writer_name(), already=True)
         written = session.write(job.path, job.caption, job.keywords, snapshot=job.snapshot)
     except (MetadataError, OSError) as exc:
-        reason, transient = write_failure(exc)
+        reason, transient = photo_failure(exc, "cannot write file")
         return WriteReport(False, reason=reason, transient=transient, writer=writer_name())
     target = str(written.target) if written.kind == "sidecar" else "embedded"
     return WriteReport(
@@ -78,29 +78,29 @@ def write_photo(session: ExifToolSession, job: WriteJob, *, retried: bool = Fals
 
 
 def write_photos(session: ExifToolSession, jobs: Sequence[WriteJob], *, retried: bool = False) -> list[WriteReport]:
+    """:func:`write_photo` for each job, one after the other (the pipeline runs one such call per write
+    thread, each with an exiftool process of its own)."""
     return [write_photo(session, job, retried=retried) for job in jobs]
 
 
-def write_failure(exc: MetadataError | OSError) -> tuple[str, bool]:
-    """A failed write as (one-line reason, transient?)."""
-    if isinstance(exc, MetadataError):
-        return str(exc), exc.transient
-    return f"cannot write file: {os_error_reason(exc)}", is_transient_os_error(exc)
-
-
 def _already_written(session: ExifToolSession, job: WriteJob) -> str | None:
-    """Where the caption is, if a lost first try of this write already put it there (else None)."""
+    """Where the caption is, if a lost first try of this write already put it there (else None).
+
+    Where the caption belongs in the photo itself (modes embed and both, a file that is not RAW), only
+    the photo's own tags count: in mode both the sidecar is written first, so a try lost between the
+    two has the caption in the sidecar alone, and the photo still needs it. (A photo that cannot take it
+    at all, read-only or refused, gets its sidecar written again: the same bytes.)"""
     snapshot = job.snapshot
     if snapshot is None or snapshot.current():
         return None  # unchanged since the plan read it: the first try never renamed anything
-    existing = session.read(job.path)
+    now = session.snapshot(job.path)
+    in_sidecar = session.mode == "sidecar" or is_raw(job.path)
+    existing = now.existing if in_sidecar else existing_metadata(job.path, now.file_tags, now.sidecar, None)
     have = {keyword.casefold() for keyword in existing.keywords}
     wanted = normalize_keywords(job.keywords)
     if existing.description != normalize_caption(job.caption) or any(k.casefold() not in have for k in wanted):
         return None
-    if session.mode == "sidecar" or is_raw(job.path) or file_stamp(job.path) == snapshot.stamps[0]:
-        return str(session.sidecar_for(job.path))  # the photo itself is as planned: the sidecar took it
-    return "embedded"
+    return str(now.sidecar) if in_sidecar else "embedded"
 
 
 def _stat(path: Path) -> tuple[int, int, str] | None:

@@ -48,7 +48,7 @@ from phototag.captioner import ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker, save_vectors
 from phototag.exiftool import MetadataError
-from phototag.failures import os_error_reason
+from phototag.failures import os_error_reason, photo_failure
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import PhotoIndex
 from phototag.keywords import keywords_from_caption
@@ -65,7 +65,6 @@ from phototag.stages import (
     ReportWrites,
     WriteFiles,
     WriteStage,
-    photo_failure,
     store_vectors_job,
 )
 

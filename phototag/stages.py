@@ -32,8 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from phototag.config import ModelSettings
-from phototag.exiftool import MetadataError
-from phototag.failures import PERMANENT, TRANSIENT, is_transient_os_error, os_error_reason
+from phototag.failures import PERMANENT, TRANSIENT
 from phototag.index import DONE, FAILED, PENDING, SOURCE_HUMAN, SOURCE_MODEL, Photo, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.mwg import local_time_iso
@@ -384,15 +383,6 @@ def _failed(row: Photo, task: Task, reason: str) -> Outcome:
     row.failure_kind = TRANSIENT if task.transient else PERMANENT
     row.tries = (row.tries or 0) + 1
     return Outcome(task.path, FAILED_OUTCOME, reason=reason)
-
-
-def photo_failure(exc: BaseException, doing: str = "cannot read file") -> tuple[str, bool]:
-    """A per-photo error as (one-line reason, transient?)."""
-    if isinstance(exc, MetadataError):
-        return str(exc), exc.transient
-    if isinstance(exc, OSError):
-        return f"{doing}: {os_error_reason(exc)}", is_transient_os_error(exc)
-    return str(exc), False
 
 
 def index_keywords(task: Task) -> str:
