@@ -150,6 +150,27 @@ def run_cli(config: Path, *args: str, catch_exceptions: bool = False) -> Result:
     return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=catch_exceptions)
 
 
+def dry_run(
+    settings: Settings, photos: list[Path], *, while_running: Callable[[], object] | None = None
+) -> tuple[Any, list[Any]]:
+    """The real Pipeline over ``photos`` as a dry run (captions made, nothing written): the pipeline and
+    its outcomes. ``while_running`` is called once every photo is submitted, before the pipeline closes."""
+    from phototag.pipeline import Pipeline
+
+    outcomes: list[Any] = []
+    with ExifToolSession() as exiftool:
+        pipeline = Pipeline(
+            settings, PhotoIndex(settings.db_path()), exiftool, dry_run=True, on_outcome=outcomes.append
+        )
+        pipeline.start()
+        for photo in photos:
+            pipeline.submit(photo)
+        if while_running is not None:
+            while_running()
+        assert pipeline.close(timeout=120)
+    return pipeline, outcomes
+
+
 def copy_from_corpus(names: list[str], dest: Path) -> list[Path]:
     """Copy corpus files (relative names) into ``dest``, flat, writable. Never touch the originals."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import torch
 from phototag.captioner import Captioner, pins_memory
 from phototag.config import ModelSettings, Settings
 from phototag.imaging import load_rgb
-from tests.conftest import copy_from_corpus, plain_model_settings
+from tests.conftest import copy_from_corpus, dry_run, plain_model_settings
 
 PHOTOS = [
     "jpg/gps/DSCN0010.jpg",  # 640 x 480: a mild downscale
@@ -134,21 +134,12 @@ def test_pipeline_with_fast_input_captions_what_the_captioner_does(
 ) -> None:
     """End to end through the real Pipeline (dry run): decoded uint8 photos reach the model in batches
     and come back as the same captions the fast path gives one photo at a time."""
-    from phototag.index import PhotoIndex
-    from phototag.metadata import ExifToolSession
-    from phototag.pipeline import Pipeline
-    from phototag.planning import WOULD_WRITE, Outcome
+    from phototag.planning import WOULD_WRITE
 
     photos = copy_from_corpus(PHOTOS, tmp_path / "photos")
     model = replace(settings.model, draft_decode=True, max_new_tokens=10, no_repeat_ngram_size=0, suppress_words=())
     full = replace(settings, model=model, metadata=replace(settings.metadata, overwrite=True))
-    outcomes: list[Outcome] = []
-    with ExifToolSession() as exiftool:
-        pipeline = Pipeline(full, PhotoIndex(full.db_path()), exiftool, dry_run=True, on_outcome=outcomes.append)
-        pipeline.start()
-        for photo in photos:
-            pipeline.submit(photo)
-        assert pipeline.close(timeout=120)
+    pipeline, outcomes = dry_run(full, photos)
     captioner = pipeline.captioner
     assert captioner is not None and captioner.device_preprocess
     got = {o.path.name: o.caption if o.kind == WOULD_WRITE else o.reason for o in outcomes}

@@ -21,7 +21,7 @@ from phototag.captioner import Captioner, ModelLoadError
 from phototag.config import ConfigError, Settings, settings_from_dict
 from phototag.imaging import load_rgb
 from phototag.model_process import ModelProcessError, ProcessCaptioner, local_captioner, uses_process
-from tests.conftest import UPRIGHT_PHOTOS, copy_from_corpus, plain_model_settings, wait_until
+from tests.conftest import UPRIGHT_PHOTOS, copy_from_corpus, dry_run, plain_model_settings, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -169,21 +169,17 @@ def test_a_backfill_with_the_model_in_a_child_captions_every_photo_and_leaves_no
 
 
 def test_the_pipeline_stops_its_model_process_when_the_run_ends(settings: Settings, tmp_path: Path) -> None:
-    from phototag.index import PhotoIndex
-    from phototag.metadata import ExifToolSession
-    from phototag.pipeline import Pipeline
-    from phototag.planning import WOULD_WRITE, Outcome
+    from phototag.planning import WOULD_WRITE
 
     photos = copy_from_corpus(list(UPRIGHT_PHOTOS[:3]), tmp_path / "photos")
     full = replace(settings, model=replace(settings.model, process=True))
-    outcomes: list[Outcome] = []
-    with ExifToolSession() as exiftool:
-        pipeline = Pipeline(full, PhotoIndex(full.db_path()), exiftool, dry_run=True, on_outcome=outcomes.append)
-        pipeline.start()
-        for photo in photos:
-            pipeline.submit(photo)
-        wait_until(lambda: children_of(os.getpid(), "phototag.model_process"), timeout=120, what="the model process")
-        assert pipeline.close(timeout=120)
+    pipeline, outcomes = dry_run(
+        full,
+        photos,
+        while_running=lambda: wait_until(
+            lambda: children_of(os.getpid(), "phototag.model_process"), timeout=120, what="the model process"
+        ),
+    )
     assert isinstance(pipeline.captioner, ProcessCaptioner)
     assert sorted(o.kind for o in outcomes) == [WOULD_WRITE] * len(photos)
     assert children_of(os.getpid(), "phototag.model_process") == []
