@@ -105,10 +105,12 @@ def _free_port() -> int:
 def _alive_nodes(cluster_env: dict[str, str], address: str) -> int:
     code = (
         f"import ray; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False); "
-        "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive']))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True, timeout=120)
-    return int(out.stdout.strip() or 0)
+    # Ray may print its own lines too (a node marked dead, from an earlier test): read only ours
+    found = re.search(r"^alive nodes: (\d+)$", out.stdout, re.MULTILINE)
+    return int(found[1]) if found else 0
 
 
 def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -461,6 +463,13 @@ first, other = io.actors
 print(json.dumps({"first": [report.ok, report.written_to, report.already, report.writer]}), flush=True)
 sys.stdin.readline()  # the test has seen that rename
 ray.kill(first)  # ... and is lost before its report reaches the driver
+while True:  # ray.kill only asks: a task sent at once could still reach it
+    try:
+        ray.get(first.describe.remote(), timeout=10)
+    except ray.exceptions.RayActorError:
+        break
+    except ray.exceptions.GetTimeoutError:
+        pass
 io.drop(other)  # so the actor the driver picks first is the lost one
 [retried] = io.write([job])
 print(json.dumps({"retried": [retried.ok, retried.written_to, retried.already, retried.writer, retried.stat]}))
