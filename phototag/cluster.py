@@ -30,6 +30,7 @@ from phototag.caption_backend import CaptionFailure
 from phototag.captioner import ModelLoadError
 from phototag.cluster_worker import DecodeRequest, DecodeSpec
 from phototag.config import ModelSettings
+from phototag.failures import first_line
 from phototag.imaging import resize_for_model
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def connect(address: str) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
-        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}") from None
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {first_line(exc)}") from None
     except ray.exceptions.AuthenticationError:
         raise ClusterError(f"the Ray cluster at {address} refused this machine's auth token: {TOKEN_HINT}") from None
 
@@ -112,11 +113,6 @@ def _probe(address: str) -> None:
         raise ClusterError(f"the Ray cluster at {address} needs an auth token: {TOKEN_HINT}") from None
     except (ray.exceptions.RayError, TypeError, OSError) as exc:  # left to ray.init, which says more
         log.debug("probing %s: %s", address, exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 class RayCaptioner:
@@ -310,9 +306,9 @@ def _actor_error(exc: BaseException) -> str:
     """The first line that says what went wrong inside an actor (Ray wraps it in a long traceback)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and not isinstance(cause, type(exc)):
-        return f"{type(cause).__name__}: {_first_line(cause)}"
+        return f"{type(cause).__name__}: {first_line(cause)}"
     text = str(exc)
     for line in reversed(text.strip().splitlines()):
         if line.strip() and not line.startswith(" ") and ":" in line:
             return line.strip()
-    return _first_line(exc)
+    return first_line(exc)

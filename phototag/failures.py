@@ -73,3 +73,9 @@ def photo_failure(exc: BaseException, doing: str = "cannot read file") -> tuple[
     if isinstance(exc, OSError):
         return f"{doing}: {os_error_reason(exc)}", is_transient_os_error(exc)
     return str(exc), False
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: one line for a reason."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

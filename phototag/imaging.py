@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from phototag.failures import is_transient_os_error
+from phototag.failures import first_line, is_transient_os_error
 from phototag.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS, is_image_path, is_raw_path
 
 __all__ = [
@@ -82,13 +82,13 @@ def load_rgb(path: Path, *, min_side: int = 0, draft: bool = False, preview: byt
     except PermissionError:
         raise ImageError("permission denied reading the file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large to decode safely ({_first_line(exc)})") from None
+        raise ImageError(f"image too large to decode safely ({first_line(exc)})") from None
     except UnidentifiedImageError:
         raise ImageError("not a readable image (unknown or damaged format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, OSError) and is_transient_os_error(exc):
             raise  # the disk's trouble (I/O error), not the photo's: the caller retries it later
-        raise ImageError(f"damaged or truncated image: {_first_line(exc)}") from None
+        raise ImageError(f"damaged or truncated image: {first_line(exc)}") from None
 
 
 def resize_for_model(image: Image.Image, size: int, resample: int) -> np.ndarray:
@@ -107,8 +107,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         return image.point(lambda v: v / 256).convert("RGB")
     return image.convert("RGB")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

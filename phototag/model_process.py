@@ -37,6 +37,7 @@ from phototag.caption_backend import CaptionBackend, CaptionFailure
 from phototag.captioner import ModelLoadError
 from phototag.children import start_child
 from phototag.config import ModelSettings
+from phototag.failures import first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -231,9 +232,9 @@ def _how(code: int | None) -> str:
 # -- the child's side ---------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+def _described(exc: BaseException) -> str:
+    """``Type: first line`` (the type alone when there is no message): what failed in the child."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def serve(requests: Connection, replies: Connection) -> None:
@@ -263,7 +264,7 @@ def serve(requests: Connection, replies: Connection) -> None:
         replies.send(("error", str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        replies.send(("error", f"cannot load model {settings.name!r}: {_first_line(exc)}"))
+        replies.send(("error", f"cannot load model {settings.name!r}: {_described(exc)}"))
         return
     replies.send(("ready", info))
     while True:
@@ -276,7 +277,7 @@ def serve(requests: Connection, replies: Connection) -> None:
         try:
             reply: Any = ("ok", captioner.caption(photos))
         except Exception as exc:  # noqa: BLE001 - see the docstring (e.g. CUDA out of memory)
-            reply = ("error", _first_line(exc))
+            reply = ("error", _described(exc))
         replies.send(reply)
 
 

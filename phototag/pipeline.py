@@ -48,7 +48,7 @@ from phototag.captioner import ModelLoadError
 from phototag.config import Settings, default_batch_size
 from phototag.embeddings import EmbedWorker, save_vectors
 from phototag.exiftool import MetadataError
-from phototag.failures import os_error_reason, photo_failure
+from phototag.failures import first_line, os_error_reason, photo_failure
 from phototag.imaging import ImageError, is_raw_path, load_rgb
 from phototag.index import PhotoIndex
 from phototag.keywords import keywords_from_caption
@@ -86,10 +86,10 @@ class RunError(Exception):
 def error_line(exc: BaseException) -> str:
     """One line for an error that is not a photo's: the index's own message, else the type and message."""
     if isinstance(exc, SQLAlchemyError):
-        return f"index error: {_first_line(getattr(exc, 'orig', None) or exc)}"
+        return f"index error: {first_line(getattr(exc, 'orig', None) or exc)}"
     if isinstance(exc, OSError):
         return os_error_reason(exc) + (f": {exc.filename}" if exc.filename else "")
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def run_error(exc: BaseException) -> RunError:
@@ -100,11 +100,6 @@ def run_error(exc: BaseException) -> RunError:
         error = RunError(f"internal error: {error_line(exc)} (a bug; -vv shows where)")
     error.__cause__ = exc
     return error
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _index_busy(exc: SQLAlchemyError) -> bool:
@@ -315,7 +310,7 @@ class Pipeline:
                         raise
                     # the row is untouched, so the next backfill or rescan tries this photo again
                     cause = getattr(exc, "orig", None) or exc
-                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"index busy ({_first_line(cause)})"))
+                    self._report(Outcome(item, FAILED_OUTCOME, reason=f"index busy ({first_line(cause)})"))
                 finally:
                     with self._workers_lock:
                         self._workers_busy -= 1
@@ -381,7 +376,7 @@ class Pipeline:
         except Exception as exc:  # e.g. an ImportError from a broken install: say which, keep the cause
             log.debug("loading the model failed", exc_info=True)
             error = ModelLoadError(
-                f"cannot load model {self.settings.model.name!r}: {type(exc).__name__}: {_first_line(exc)}"
+                f"cannot load model {self.settings.model.name!r}: {type(exc).__name__}: {first_line(exc)}"
             )
             error.__cause__ = exc
             self._fail(error)
