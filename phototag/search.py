@@ -228,7 +228,7 @@ class Finder(Ranker["VectorStore"]):
             spans.append(("day_spans", " AND ".join(days), [d for d in (query.after, query.before) if d]))
         if not spans:
             return None
-        kept, low, high = FEW_KEPT * 100, 0, 2**63 - 1
+        found: list[tuple[int, int, int]] = []
         try:
             for table, where, params in spans:
                 count, first, last = self.conn.execute(
@@ -236,11 +236,13 @@ class Finder(Ranker["VectorStore"]):
                 ).fetchone()
                 if not count:
                     return 0, 0, 0
-                kept, low, high = min(kept, int(count)), max(low, first), min(high, last)
+                found.append((int(count), first, last))
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return None
             raise
+        # a photo passing every filter lies in every span: the fewest, inside the intersection
+        kept, low, high = min(c for c, _, _ in found), max(f for _, f, _ in found), min(h for _, _, h in found)
         return (kept, low, high) if low <= high else (0, 0, 0)
 
     def _restriction(self, query: Query) -> tuple[str, list[Any], int]:
