@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from phototag.exiftool import ExifToolPool, MetadataError
+from phototag.exiftool import ExifTool, ExifToolPool, MetadataError
 from phototag.metadata import ExifToolSession
 from phototag.sidecars import sidecar_path
 from tests.conftest import wait_until
@@ -32,26 +32,36 @@ def pool() -> Iterator[ExifToolPool]:
     pool.close()
 
 
+def lend_all_at_once(pool: ExifToolPool, n: int, inside: Callable[[ExifTool], object] = lambda tool: None) -> None:
+    """``n`` threads each borrow a process (and call ``inside`` with it), and keep it until all ``n`` are
+    lent at once: a barrier that passes only then."""
+    all_lent = threading.Barrier(n, timeout=60)
+
+    def borrow() -> None:
+        with pool.borrow() as tool:
+            inside(tool)
+            all_lent.wait()
+
+    threads = [threading.Thread(target=borrow) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+
 def test_the_pool_lends_up_to_its_size_at_once_and_starts_them_as_needed(pool: ExifToolPool) -> None:
     with pool.borrow() as first:
         assert first is pool.primary
     with pool.borrow() as again:  # one caller at a time: the one process serves it
         assert again is pool.primary
     assert len(pool.processes) == 1
-    all_lent = threading.Barrier(3, timeout=60)  # passes only while three processes are lent at once
     pids: list[int | None] = []
 
-    def borrow() -> None:
-        with pool.borrow() as tool:
-            pids.append(tool.pid)
-            assert tool.version()
-            all_lent.wait()
+    def note(tool: ExifTool) -> None:
+        pids.append(tool.pid)
+        assert tool.version()
 
-    threads = [threading.Thread(target=borrow) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    lend_all_at_once(pool, 3, inside=note)
     assert len(set(pids)) == 3 and len(pool.processes) == 3
     assert all(tool.running for tool in pool.processes)
 
@@ -76,17 +86,7 @@ def test_a_process_started_by_a_worker_thread_outlives_that_thread(pool: ExifToo
 
 
 def test_close_stops_every_process(pool: ExifToolPool) -> None:
-    all_lent = threading.Barrier(2, timeout=60)
-
-    def borrow() -> None:
-        with pool.borrow():
-            all_lent.wait()
-
-    threads = [threading.Thread(target=borrow) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    lend_all_at_once(pool, 2)
     processes = [tool._process for tool in pool.processes]
     assert len(processes) == 2
     pool.close()
