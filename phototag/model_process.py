@@ -38,6 +38,7 @@ from phototag.captioner import ModelLoadError
 from phototag.children import start_child
 from phototag.config import ModelSettings
 from phototag.failures import first_line
+from phototag.imaging import resize_for_model
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -158,13 +159,9 @@ class ProcessCaptioner:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A decoded photo -> uint8 pixels for the child: as decoded when the child resizes on its device,
         else resized to the model's input here as BLIP's processor does."""
-        from PIL import Image
-
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
         if not self.device_preprocess:
-            size = (self.input_size, self.input_size)
-            rgb = rgb.resize(size, resample=Image.Resampling(self._resample))
-        return np.asarray(rgb, dtype=np.uint8)
+            return resize_for_model(image, self.input_size, self._resample)
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
     def caption(self, pixels: Sequence[Any]) -> list[str | CaptionFailure]:
         if not pixels:
