@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from phototag.captioner import Captioner, ModelLoadError, bad_words_ids, pick_draft, pick_dtype
+from phototag.captioner import Captioner, ExactInput, ModelLoadError, bad_words_ids, pick_draft, pick_dtype
 from phototag.config import ModelSettings, Settings
-from phototag.imaging import load_rgb
+from phototag.imaging import ImageError, load_rgb
 from tests.conftest import UPRIGHT_PHOTOS, copy_from_corpus, plain_model_settings
 from tests.tiny_blip import ARTIFACT_WORDS, build_tiny_blip
 
@@ -54,6 +54,44 @@ def test_token_ids_equal_seed_script(captioner: Captioner, tiny_model: Path, cor
         assert ids == reference[1:], photo.name  # phototag strips the [DEC] bos token
     one_by_one = [captioner.generate_ids([p])[0] for p in pixels]
     assert one_by_one == batched
+
+
+def test_exact_input_is_the_processors_tensor_bit_for_bit(captioner: Captioner, corpus: Path) -> None:
+    """The fast exact input (ExactInput) against BLIP's own processor, for the tiny model's processor
+    and BLIP-large's (384 px, bicubic, CLIP's mean and std): every decodable corpus photo, plus shapes
+    the corpus lacks (1 px, very thin, already at the input size)."""
+    import numpy as np
+    import torch
+    from transformers.models.blip import BlipImageProcessorPil
+
+    large = BlipImageProcessorPil(size={"height": 384, "width": 384})
+    photos = []
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix.lower() not in (".md", ".xmp")):
+        try:
+            photos.append(load_rgb(path))
+        except ImageError:
+            continue  # the corpus's broken files
+    assert len(photos) >= 60
+    rng = np.random.default_rng(7)
+    for h, w in ((1, 1), (3, 2000), (2000, 5), (384, 384), (32, 32)):
+        photos.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+    processors = [captioner.processor.image_processor, large]
+    assert captioner._exact == ExactInput.of(processors[0]) and captioner._exact is not None
+    for processor in processors:
+        exact = ExactInput.of(processor)
+        assert exact is not None
+        for image in photos:
+            expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+            got = exact.pixels(image)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert torch.equal(got, expected), image.size
+    # the phototag path takes it, and the tensor is the processor's
+    assert torch.equal(
+        captioner.preprocess(photos[0]), processors[0](images=photos[0], return_tensors="pt")["pixel_values"][0]
+    )
+    # a processor set up otherwise (cropping, no normalisation) is left to the processor itself
+    assert ExactInput.of(BlipImageProcessorPil(do_normalize=False)) is None
+    assert ExactInput.of(BlipImageProcessorPil(size={"shortest_edge": 384}, do_resize=True)) is None
 
 
 def test_captions_differ_between_photos(captioner: Captioner, corpus: Path) -> None:
