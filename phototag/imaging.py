@@ -71,7 +71,7 @@ def load_rgb(path: Path, *, min_side: int = 0, draft: bool = False, preview: byt
             raise ImageError("empty file (0 bytes)")
         source: Path | io.BytesIO = io.BytesIO(preview) if preview is not None else path
         image = _open(source, min_side, draft)
-        image = ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright photo
         if image.mode != "RGB":
             image = _to_rgb(image)
         return image
