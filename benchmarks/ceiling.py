@@ -142,6 +142,7 @@ def instrument(clock: StageClock) -> None:
     from phototag.captioner import Captioner
 
     _wrap(clock, planning.Planner, "plan", "plan")
+    _wrap(clock, planning.Planner, "read_ahead", "plan")  # several photos' plan reads in one call (new)
     for module in (planning, stages):
         _wrap(clock, module, "content_hash", "hash")
     _wrap(clock, pipeline, "load_rgb", "decode+preprocess")

@@ -229,6 +229,50 @@ class ExifToolSession:
         existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
         return MetadataSnapshot(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
 
+    def snapshots(self, photos: Sequence[Path]) -> dict[Path, MetadataSnapshot]:
+        """:meth:`snapshot` of several photos in one exiftool call, by photo.
+
+        One call for a few photos costs exiftool less per photo than a call each: the per-call work and
+        the caches warmed by the first file are shared (on the corpus, with other work between calls as
+        in the pipeline, ~7.0 ms of exiftool CPU a photo alone, ~5.5 in eights). Best effort: a photo
+        left out (gone, not an image, its read out of step) gets its own :meth:`snapshot` later, which
+        says why; a read that fails as a whole returns nothing."""
+        plan: list[tuple[Path, Path, tuple[Stamp | None, Stamp | None], bool]] = []
+        paths: list[Path] = []
+        for photo in map(Path, photos):
+            sidecar = self.sidecar_for(photo)
+            stamps = (file_stamp(photo), file_stamp(sidecar))
+            has_sidecar = sidecar.is_file()
+            if stamps[0] is None:
+                continue
+            plan.append((photo, sidecar, stamps, has_sidecar))
+            paths += [photo, sidecar] if has_sidecar else [photo]
+        if not paths:
+            return {}
+        with self.pool.borrow() as tool:
+            try:
+                records = tool.read_json(paths, READ_TAGS)
+            except MetadataError:
+                return {}
+            names = [os.fsdecode(tool.arg(path)) for path in paths]
+        if [record.get("SourceFile") for record in records] != names:
+            return {}  # out of step with what was asked: each photo reads alone instead
+        found: dict[Path, MetadataSnapshot] = {}
+        position = 0
+        for photo, sidecar, stamps, has_sidecar in plan:
+            file_tags = records[position]
+            sidecar_tags = records[position + 1] if has_sidecar else None
+            position += 2 if has_sidecar else 1
+            if sidecar_tags is not None and "ExifTool:Error" in sidecar_tags:
+                sidecar_tags = None
+            try:
+                check_image(photo, file_tags)
+            except MetadataError:
+                continue
+            existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
+            found[photo] = MetadataSnapshot(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
+        return found
+
     def _read_owned(self, tool: ExifTool, photo: Path) -> tuple[dict, dict | None]:
         if not photo.is_file():
             raise MetadataError(f"{photo}: no such file")

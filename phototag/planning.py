@@ -1,7 +1,8 @@
 """Planning: what one photo needs, decided from its index row, the file and its current metadata.
 
 :meth:`Planner.plan` reads (the row, the file's size, mtime and fingerprint, its metadata through
-exiftool) and returns a :class:`Decision`. It writes nothing: the pipeline's record stage applies a
+exiftool, or as :meth:`Planner.read_ahead` read it for several photos at once) and returns a
+:class:`Decision`. It writes nothing: the pipeline's record stage applies a
 decision to the index, and a dry run swaps that stage for one that only reports. The rules:
 
 - a symbolic link is never captioned through the link; a file gone since it was queued is dropped;
@@ -16,6 +17,7 @@ decision to the index, and a dry run swaps that stage for one that only reports.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,30 @@ class Planner:
         self.retry_failed = retry_failed
         self.include_restored = include_restored
 
-    def plan(self, path: Path) -> Decision:
+    def read_ahead(self, paths: Sequence[Path]) -> dict[Path, MetadataSnapshot]:
+        """The metadata reads :meth:`plan` is likely to need for ``paths``, in one exiftool call (see
+        :meth:`ExifToolSession.snapshots`); pass each path's to ``plan``. Which photos are read is a
+        guess from the rows and stats (an unchanged done, failed or restored photo is not); it only
+        decides what is read early: ``plan`` decides as before, reading again for a photo left out or
+        changed since. Empty for fewer than two photos."""
+        if len(paths) < 2:
+            return {}
+        rows = self.index.get_many(paths)
+        wanted = []
+        for path in paths:
+            try:
+                stat = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            row = rows.get(str(path))
+            settled = row is not None and row.status in (DONE, FAILED, RESTORED) and _unchanged(row, stat)
+            if not settled and not os.path.islink(path):
+                wanted.append(path)
+        return self.exiftool.snapshots(wanted) if len(wanted) > 1 else {}
+
+    def plan(self, path: Path, read: MetadataSnapshot | None = None) -> Decision:
+        """What ``path`` needs. ``read``: its metadata as :meth:`read_ahead` found it, used while the
+        photo and its sidecar are unchanged since."""
         if os.path.islink(path):
             # Writing through a link would change a file that may lie outside every folder phototag was
             # given, and replacing the link would turn it into a copy. A target inside the library is
@@ -165,7 +190,8 @@ class Planner:
         ):
             return self._skip(decision, row, stat, digest)
         try:
-            snapshot = self.exiftool.snapshot(path)
+            fresh = read is not None and read.photo == Path(path) and read.current()
+            snapshot = read if fresh and read is not None else self.exiftool.snapshot(path)
         except MetadataError as exc:
             decision.task = Task(
                 path,

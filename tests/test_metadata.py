@@ -470,6 +470,41 @@ def test_read_is_one_exiftool_call(session: ExifToolSession, tmp_path: Path, mon
 
 
 @needs_corpus
+def test_several_snapshots_in_one_call_equal_each_ones_own(
+    session: ExifToolSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``snapshots`` (the pipeline's read-ahead) reads many photos, sidecars included, in one call, and
+    finds for each exactly what its own ``snapshot`` finds; what it cannot read it leaves out."""
+    names = ["jpg/Canon_40D.jpg", "jpg/XMP.jpg", "raw/Nikon.nef", "jpg/IPTC.jpg", "heic/IMG_5195.HEIC"]
+    photos = [copy_one(tmp_path, name) for name in names]
+    shutil.copyfile(DATA / "darktable_sidecar.xmp", sidecar_path(photos[2]))  # the NEF's
+    (not_image := tmp_path / "notes.jpg").write_text("not a photo")
+    odd = tmp_path / "two\nlines.jpg"  # reached through an alias: a name exiftool's argument stream cannot take
+    shutil.copyfile(photos[0], odd)
+    gone = tmp_path / "gone.jpg"
+    calls: list[object] = []
+    real = session.exiftool.run
+    monkeypatch.setattr(session.exiftool, "run", lambda args: calls.append(args) or real(args))
+    found = session.snapshots([*photos, not_image, gone, odd])
+    assert len(calls) == 1
+    assert set(found) == {*photos, odd}
+    monkeypatch.undo()
+    for photo in [*photos, odd]:
+        own = session.snapshot(photo)
+        got = found[photo]
+        assert (got.file_tags, got.sidecar_tags, got.existing, got.stamps) == (
+            own.file_tags,
+            own.sidecar_tags,
+            own.existing,
+            own.stamps,
+        ), photo.name
+    assert found[photos[2]].existing.keywords == ("holiday",)  # from the sidecar
+    with pytest.raises(MetadataError):
+        session.snapshot(not_image)  # its own read says why
+    assert session.snapshots([]) == {} and session.snapshots([gone]) == {}
+
+
+@needs_corpus
 def test_a_link_is_never_written_through_nor_replaced(session: ExifToolSession, tmp_path: Path) -> None:
     photo = copy_one(tmp_path, "jpg/Canon_40D.jpg")
     link = tmp_path / "link.jpg"

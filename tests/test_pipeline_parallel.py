@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 import threading
 from collections import Counter
 from contextlib import closing
@@ -20,10 +21,10 @@ from sqlalchemy import event
 
 import phototag.config
 from phototag.config import PipelineSettings, Settings
-from phototag.index import DONE, PhotoIndex
+from phototag.index import DONE, SOURCE_HUMAN, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
-from phototag.planning import CAPTIONED, Outcome
+from phototag.planning import CAPTIONED, Outcome, Planner
 from tests.conftest import copy_from_corpus
 from tests.metadata_checks import WriteSpy
 
@@ -150,3 +151,64 @@ def test_the_index_writer_shares_transactions_between_photos(
     index.close()
     with closing(sqlite3.connect(settings.db_path())) as db:
         assert db.execute("SELECT count(*) FROM photos WHERE status = ?", (DONE,)).fetchone() == (len(photos),)
+
+
+def _plan_reads(spy: WriteSpy, photos: list[Path]) -> list[list[str]]:
+    """The plan-time reads among the spied exiftool calls: the owned tags, not the verify's everything."""
+    names = {str(photo) for photo in photos}
+    return [call for call in spy.calls if "-XMP-dc:all" in call and "-struct" not in call and names & set(call)]
+
+
+def test_waiting_photos_are_planned_from_one_exiftool_read(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Photos already waiting when a decode worker takes one are read in one exiftool call (up to
+    READ_AHEAD), each still exactly once, and captioned as before."""
+    photos = copy_from_corpus(PHOTOS[:8], tmp_path / "lib")
+    spy = WriteSpy(monkeypatch, overlap=1)
+    index = PhotoIndex(settings.db_path())
+    outcomes: list[Outcome] = []
+    with ExifToolSession(processes=2) as exiftool:
+        pipeline = Pipeline(_parallel(settings), index, exiftool, on_outcome=outcomes.append)
+        for photo in photos:  # all waiting before the workers start
+            assert pipeline.submit(photo)
+        assert pipeline.start().close(600)
+    index.close()
+    assert pipeline.error is None
+    assert {o.path for o in outcomes if o.kind == CAPTIONED} == set(photos)
+    reads = _plan_reads(spy, photos)
+    per_photo = Counter(name for call in reads for name in call if name in {str(p) for p in photos})
+    assert per_photo == Counter({str(photo): 1 for photo in photos})
+    assert len(reads) < len(photos)
+    assert max(sum(1 for name in call if name in per_photo) for call in reads) >= 2
+
+
+def _describe(photo: Path, text: str) -> None:
+    for field in ("-EXIF:ImageDescription", "-XMP-dc:Description"):
+        subprocess.run(["exiftool", "-q", "-overwrite_original", f"{field}={text}", str(photo)], check=True)
+
+
+def test_read_ahead_reads_only_what_the_plan_needs_and_the_plan_reads_again_what_changed(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = copy_from_corpus(PHOTOS[:4], tmp_path / "lib")
+    _run(settings, photos)
+    index = PhotoIndex(settings.db_path())
+    with ExifToolSession() as exiftool:
+        planner = Planner(settings, index, exiftool)
+        spy = WriteSpy(monkeypatch, overlap=1)
+        assert planner.read_ahead(photos) == {} and spy.calls == []  # all done and unchanged: nothing to read
+        changed = photos[:2]
+        for photo in changed:  # a person describes two of them (in place, as another program would)
+            _describe(photo, "a person's words")
+        reads = planner.read_ahead(photos)
+        assert set(reads) == set(changed) and len(spy.calls) == 1
+        _describe(changed[0], "newer words")  # changed again after the read-ahead
+        first = planner.plan(changed[0], reads[changed[0]]).task
+        second = planner.plan(changed[1], reads[changed[1]]).task
+        assert first is not None and second is not None
+        assert (first.caption, first.source) == ("newer words", SOURCE_HUMAN)
+        assert (second.caption, second.source) == ("a person's words", SOURCE_HUMAN)
+        # the plan sees the newest words, not the early read: only the photo changed since was read again
+        assert len(spy.calls) == 2
+    index.close()
