@@ -275,18 +275,20 @@ def test_a_cluster_with_token_auth_and_no_token_here_says_so(
     )
 
 
+@pytest.mark.parametrize("ray_io", [False, True], ids=["ray", "ray-io"])
 def test_watch_on_ray_captions_a_new_photo_and_stops_on_sigterm(
-    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path
+    ray_cluster: Cluster, tiny_model: Path, tmp_path: Path, ray_io: bool
 ) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
     db = tmp_path / "index.sqlite3"
     extra = f'[watch]\nsettle_seconds = 0.3\nrescan_interval = 0\n[cluster]\nray_address = "{ray_cluster.address}"\n'
+    extra += f"ray_io = {'true' if ray_io else 'false'}\n"
     config = write_config(tmp_path, tiny_model, db=db, extra=extra)  # the address from the config this time
     log = tmp_path / "watch.log"
-    with open(log, "w") as stderr:
+    with open(log, "w") as stderr:  # -vv: who decoded and wrote the photo
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "phototag", "--config", str(config), "watch", str(lib)],
+            [sys.executable, "-m", "phototag", "--config", str(config), "-vv", "watch", str(lib)],
             env=ray_cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
     try:
@@ -303,7 +305,14 @@ def test_watch_on_ray_captions_a_new_photo_and_stops_on_sigterm(
         if daemon.poll() is None:
             daemon.kill()
     assert description(photo) == _rows(db)[photo.name][1]
-    assert "stopped" in log.read_text()
+    output = log.read_text()
+    assert "stopped" in output
+    decoded, wrote = _log_pids(output, "decoded"), _log_pids(output, "wrote")
+    if ray_io:  # a node decoded and wrote it, not the daemon
+        assert decoded.keys() == wrote.keys() == {photo.name}, output
+        assert daemon.pid not in (decoded[photo.name], wrote[photo.name])
+    else:
+        assert decoded == wrote == {}, output
 
 
 def _distinct_jpegs(folder: Path, count: int) -> list[Path]:
