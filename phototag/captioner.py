@@ -333,8 +333,10 @@ class ExactInput:
 
         size = processor.size
         height, width = size.get("height"), size.get("width")
+        other_sizes = [key for key, value in dict(size).items() if value and key not in ("height", "width")]
         plain = (
             processor.do_resize
+            and not other_sizes  # a shortest edge or maximum would decide the resize instead
             and height
             and width
             and not getattr(processor, "do_center_crop", False)

@@ -78,9 +78,9 @@ BATCH_FILL_WAIT_S = 1.0
 # Tasks a write thread takes at once: enough to index them in one go, few enough that the other write
 # threads get their share.
 WRITE_GATHER = 8
-# Photos a decode worker takes from the inbox at once, when they are waiting already: their metadata is
-# read in one exiftool call (Planner.read_ahead), ~20% less exiftool work each than a call per photo.
-# Few enough that the other workers get their share, and the model's first batch is not held back.
+# Most photos a decode worker takes from the inbox at once, of those waiting already (never more than
+# its share: the other workers decode the rest side by side): their metadata is read in one exiftool
+# call (Planner.read_ahead), ~20% less exiftool work each than a call per photo.
 READ_AHEAD = 8
 
 
@@ -327,10 +327,12 @@ class Pipeline:
             if last:
                 self._to_model.put(_STOP)
 
-    def _take_waiting(self, chunk: list[Any]) -> tuple[list[Path], bool]:
-        """``chunk`` plus the photos already in the inbox, up to READ_AHEAD in all; True when the stop
-        marker came with them (this worker ends after the chunk)."""
-        while len(chunk) < READ_AHEAD:
+    def _take_waiting(self, chunk: list[Path]) -> tuple[list[Path], bool]:
+        """``chunk`` plus photos already in the inbox: this worker's share of what waits (the others
+        decode the rest side by side), at most READ_AHEAD in all; True when the stop marker came with
+        them (this worker ends after the chunk)."""
+        share = -(-(self._inbox.qsize() + len(chunk)) // self._decode_workers)  # rounded up
+        while len(chunk) < min(READ_AHEAD, share):
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISLNK
 from typing import Any
 
 from sqlalchemy import select
@@ -138,7 +139,7 @@ class Planner:
                 continue
             row = rows.get(str(path))
             settled = row is not None and row.status in (DONE, FAILED, RESTORED) and _unchanged(row, stat)
-            if not settled and not os.path.islink(path):
+            if not settled and not S_ISLNK(stat.st_mode):
                 wanted.append(path)
         return self.exiftool.snapshots(wanted) if len(wanted) > 1 else {}
 
@@ -190,8 +191,10 @@ class Planner:
         ):
             return self._skip(decision, row, stat, digest)
         try:
-            fresh = read is not None and read.photo == Path(path) and read.current()
-            snapshot = read if fresh and read is not None else self.exiftool.snapshot(path)
+            if read is not None and self._still_good(read, path):
+                snapshot = read
+            else:
+                snapshot = self.exiftool.snapshot(path)
         except MetadataError as exc:
             decision.task = Task(
                 path,
@@ -227,6 +230,11 @@ class Planner:
             task.keywords = existing.keywords
         decision.pending = True
         return decision
+
+    def _still_good(self, read: MetadataSnapshot, path: Path) -> bool:
+        """Whether an earlier read is this photo's now: the same photo and the same sidecar (with
+        ``sidecar_naming = "base"`` which photo owns ``IMG_1.xmp`` depends on the folder), both unchanged."""
+        return (read.photo, read.sidecar) == (Path(path), self.exiftool.sidecar_for(Path(path))) and read.current()
 
     def _retry(self, row: Photo) -> bool:
         """Try a failed photo again: always with --retry-failed, else after a transient failure (disk

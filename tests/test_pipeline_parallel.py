@@ -25,7 +25,7 @@ from phototag.index import DONE, SOURCE_HUMAN, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
 from phototag.planning import CAPTIONED, Outcome, Planner
-from tests.conftest import copy_from_corpus
+from tests.conftest import CORPUS, copy_from_corpus
 from tests.metadata_checks import WriteSpy
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
@@ -212,3 +212,60 @@ def test_read_ahead_reads_only_what_the_plan_needs_and_the_plan_reads_again_what
         # the plan sees the newest words, not the early read: only the photo changed since was read again
         assert len(spy.calls) == 2
     index.close()
+
+
+def test_an_early_read_of_another_photos_sidecar_is_not_used(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With "base" sidecar naming, IMG_1.xmp belongs to IMG_1.jpg only until a RAW of that name lands:
+    a read made before then (the JPEG with that sidecar's words) must not plan the JPEG after."""
+    settings = replace(settings, metadata=replace(settings.metadata, sidecar_naming="base"))
+    lib = tmp_path / "lib"
+    photo, other = copy_from_corpus(PHOTOS[:2], lib)
+    photo = photo.rename(lib / "IMG_1.jpg")
+    (lib / "IMG_1.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Alt>'
+        '<rdf:li xml:lang="x-default">words for the raw file</rdf:li></rdf:Alt></dc:description>'
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    index = PhotoIndex(settings.db_path())
+    with ExifToolSession(sidecar_naming="base") as exiftool:
+        planner = Planner(settings, index, exiftool)
+        reads = planner.read_ahead([photo, other])
+        assert reads[photo].existing.description == "words for the raw file"  # IMG_1.xmp is the JPEG's, for now
+        shutil.copyfile(CORPUS / "raw/Nikon.nef", lib / "IMG_1.nef")  # now the RAW owns IMG_1.xmp
+        task = planner.plan(photo, reads[photo]).task
+        assert task is not None and task.source != SOURCE_HUMAN and task.existing.description is None
+    index.close()
+
+
+def test_waiting_photos_are_shared_between_the_decode_workers(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker reads ahead only its share of what waits: eight photos and four workers are decoded on
+    more than one thread, never eight in a row on the first one that woke."""
+    import phototag.pipeline as pipeline_module
+
+    photos = copy_from_corpus(PHOTOS[:8], tmp_path / "lib")
+    decoded_by: dict[str, str] = {}
+    real = pipeline_module.load_rgb
+
+    def load_rgb(path: Path, **kwargs: Any) -> Any:
+        decoded_by[Path(path).name] = threading.current_thread().name
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "load_rgb", load_rgb)
+    settings = replace(settings, pipeline=PipelineSettings(decode_workers=4, exiftool_processes=2))
+    index = PhotoIndex(settings.db_path())
+    outcomes: list[Outcome] = []
+    with ExifToolSession(processes=2) as exiftool:
+        pipeline = Pipeline(settings, index, exiftool, on_outcome=outcomes.append)
+        for photo in photos:  # all waiting before the workers start
+            assert pipeline.submit(photo)
+        assert pipeline.start().close(600)
+    index.close()
+    assert {o.path for o in outcomes if o.kind == CAPTIONED} == set(photos)
+    assert decoded_by.keys() == {p.name for p in photos}
+    assert max(Counter(decoded_by.values()).values()) <= 4, decoded_by
+    assert len(set(decoded_by.values())) >= 2, decoded_by
