@@ -7,7 +7,7 @@ in the index). Threads:
 
 - ``decode`` (one per core by default, ``[pipeline] decode_workers``): plan a photo (a
   :class:`~phototag.planning.Decision`), hand it to the record stage, and decode and preprocess the
-  photos that need the model; a worker takes the photos already waiting with it (up to
+  photos that need the model; a worker takes its share of the photos already waiting (up to
   ``READ_AHEAD``) and reads their metadata in one exiftool call;
 - ``caption`` (one): holds the model (loaded when the first photo needs it), batches what is queued;
 - ``write`` (one per exiftool process of the session, ``[pipeline] exiftool_processes``): the write
