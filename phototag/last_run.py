@@ -23,7 +23,7 @@ def record_error(db: Path, command: str, message: str) -> None:
     temp = target.with_name(target.name + ".tmp")
     data = {"command": command, "error": message, "at": time.time()}
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # as daemon_state
         json.dump(data, handle, ensure_ascii=False)
     os.replace(temp, target)
 

@@ -6,6 +6,7 @@ exiftool, or as :meth:`Planner.read_ahead` read it for several photos at once) a
 decision to the index, and a dry run swaps that stage for one that only reports. The rules:
 
 - a symbolic link is never captioned through the link; a file gone since it was queued is dropped;
+- a file whose name is not valid UTF-8 fails with a reason (the index keeps names as text);
 - an unchanged ``done`` (or ``failed``, unless retried, or ``restored``, unless asked for) photo is skipped;
 - a new path whose content has a row at a vanished path is that photo moved: the row follows it;
 - a ``missing`` photo back on disk gets its row back (done again when it still carries the caption);
@@ -130,6 +131,7 @@ class Planner:
         changed since. Empty for fewer than two photos."""
         if len(paths) < 2:
             return {}
+        paths = [path for path in paths if utf8_name(path)]
         rows = self.index.get_many(paths)
         wanted = []
         for path in paths:
@@ -151,6 +153,10 @@ class Planner:
             # given, and replacing the link would turn it into a copy. A target inside the library is
             # walked (and captioned) under its own name anyway.
             return Decision(path, Outcome(path, SYMLINK, reason=symlink_reason(path)))
+        if not utf8_name(path):
+            # The index keeps paths as text: such a name cannot have a row, so it fails here, unread and
+            # untouched, instead of stopping the run at the index.
+            return Decision(path, Outcome(path, FAILED_OUTCOME, reason=NOT_UTF8))
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -301,6 +307,21 @@ class Planner:
             if not os.path.exists(candidate.path):
                 return candidate
         return None
+
+
+NOT_UTF8 = (
+    "its name is not valid UTF-8 (an old camera's or a Windows share's encoding): rename it to UTF-8 "
+    "to caption it (e.g. convmv -f latin1 -t utf8)"
+)
+
+
+def utf8_name(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 (Python holds other bytes of a file name as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unchanged(row: Photo, stat: os.stat_result) -> bool:

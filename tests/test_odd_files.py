@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,7 +14,7 @@ from click.testing import Result
 
 from phototag.config import Settings, WatchSettings
 from phototag.metadata import ExifToolSession
-from phototag.planning import SYMLINK
+from phototag.planning import CAPTIONED, FAILED_OUTCOME, SYMLINK
 from tests.conftest import copy_from_corpus, description, photo_rows, rgb_pixels, run_cli, running_daemon, write_config
 from tests.conftest import wait_until as wait_for
 from tests.metadata_checks import sha256
@@ -89,6 +90,57 @@ def test_watch_never_writes_through_a_link(
     assert f"{link}: a symbolic link to {secret}: skipped" in caplog.text
     assert list(photo_rows(settings.db_path())) == [str(real)]
     assert run.inferred["photos"] == 1 and dict(run.spy.writes) == {str(real): 1}
+
+
+# -- names that are not UTF-8 ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def latin1_named(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """lib/real.jpg and lib/café.jpg named in Latin-1 (the byte 0xE9, as an old camera or a Windows share
+    writes it), a different photo."""
+    lib = tmp_path / "lib"
+    (real,) = copy_from_corpus(["jpg/gps/DSCN0010.jpg"], lib)
+    real = real.rename(lib / "real.jpg")
+    (source,) = copy_from_corpus(["jpg/gps/DSCN0012.jpg"], tmp_path / "src")
+    odd = lib / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copyfile(source, odd)
+    return lib, real, odd
+
+
+def test_a_name_that_is_not_utf8_fails_alone_and_is_left_untouched(
+    latin1_named: tuple[Path, Path, Path], tmp_path: Path, tiny_model: Path
+) -> None:
+    lib, real, odd = latin1_named
+    before = sha256(odd)
+    for _ in range(2):  # the rerun too: it fails again, the same way, and the run goes on
+        result = backfill(tmp_path, tiny_model, str(lib))
+        assert result.exit_code == 0, result.output
+        assert "failed 1" in result.output and "internal error" not in result.output, result.output
+        assert "caf\\udce9.jpg: its name is not valid UTF-8" in result.output, result.output
+    found = photo_rows(tmp_path / "index.sqlite3")
+    assert list(found) == [str(real)] and found[str(real)].status == "done"
+    assert description(real) == found[str(real)].caption
+    assert sha256(odd) == before and description(odd) is None
+    assert sorted(os.fsencode(p.name) for p in lib.iterdir()) == [b"caf\xe9.jpg", b"real.jpg"]
+
+
+def test_watch_goes_on_past_a_name_that_is_not_utf8(
+    latin1_named: tuple[Path, Path, Path], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    lib, real, odd = latin1_named
+    settings = replace(settings, watch=WatchSettings(settle_seconds=0.3, rescan_interval=0, stop_timeout=20))
+    odd.rename(lib.parent / odd.name)  # it arrives while the daemon watches
+    caplog.set_level(logging.INFO, logger="phototag.watch")
+    with running_daemon(settings, lib) as run:
+        wait_for(lambda: run.daemon.counts[CAPTIONED] >= 1, what="the real photo's caption")
+        (lib.parent / odd.name).rename(odd)
+        wait_for(lambda: run.daemon.counts[FAILED_OUTCOME] >= 1, what="the odd name to fail")
+        (later,) = copy_from_corpus(["jpg/Canon_40D.jpg"], lib)  # and the daemon goes on
+        wait_for(lambda: run.daemon.counts[CAPTIONED] >= 2, what="the next photo's caption")
+    assert "its name is not valid UTF-8" in caplog.text
+    assert sorted(photo_rows(settings.db_path())) == sorted([str(real), str(later)])
+    assert description(odd) is None
 
 
 # -- names with line breaks --------------------------------------------------------------------------
