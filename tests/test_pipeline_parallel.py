@@ -24,7 +24,7 @@ from phototag.config import PipelineSettings, Settings
 from phototag.index import DONE, SOURCE_HUMAN, PhotoIndex
 from phototag.metadata import ExifToolSession
 from phototag.pipeline import Pipeline
-from phototag.planning import CAPTIONED, Outcome, Planner
+from phototag.planning import CAPTIONED, FAILED_OUTCOME, Outcome, Planner
 from tests.conftest import CORPUS, copy_from_corpus
 from tests.metadata_checks import WriteSpy
 
@@ -269,3 +269,42 @@ def test_waiting_photos_are_shared_between_the_decode_workers(
     assert decoded_by.keys() == {p.name for p in photos}
     assert max(Counter(decoded_by.values()).values()) <= 4, decoded_by
     assert len(set(decoded_by.values())) >= 2, decoded_by
+
+
+def test_a_chunk_read_ahead_with_a_broken_and_a_vanished_photo_fails_only_those(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One chunk: good photos, a truncated JPEG (its metadata reads, its decode fails), a text file named
+    .jpg and a photo deleted after it was queued. Each fails or is dropped alone; the rest are captioned."""
+    lib = tmp_path / "lib"
+    photos = copy_from_corpus(PHOTOS[:4], lib)
+    cut = lib / "cut.jpg"
+    data = photos[0].read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    (text := lib / "notes.jpg").write_text("not a photo")
+    gone = copy_from_corpus(PHOTOS[4:5], lib)[0]
+    index = PhotoIndex(settings.db_path())
+    outcomes: list[Outcome] = []
+    with ExifToolSession(processes=1) as exiftool:
+        pipeline = Pipeline(_parallel(settings, 1), index, exiftool, on_outcome=outcomes.append)
+        for path in [*photos[:2], cut, text, gone, *photos[2:]]:  # all waiting: one or two chunks
+            assert pipeline.submit(path)
+        gone.unlink()
+        assert pipeline.start().close(600)
+    index.close()
+    assert pipeline.error is None
+    kinds = {o.path.name: o.kind for o in outcomes}
+    assert kinds == {**{p.name: CAPTIONED for p in photos}, "cut.jpg": FAILED_OUTCOME, "notes.jpg": FAILED_OUTCOME}
+
+
+def test_a_read_ahead_out_of_step_with_its_files_is_not_used(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records that do not name the files asked for, in order, are thrown away: each photo reads alone."""
+    photos = copy_from_corpus(PHOTOS[:3], tmp_path / "lib")
+    with ExifToolSession() as exiftool:
+        real = exiftool.exiftool.read_json
+        monkeypatch.setattr(exiftool.exiftool, "read_json", lambda paths, *a, **k: real(paths, *a, **k)[::-1])
+        assert exiftool.snapshots(photos) == {}
+        monkeypatch.undo()
+        assert set(exiftool.snapshots(photos)) == set(photos)
