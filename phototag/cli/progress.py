@@ -21,6 +21,7 @@ from phototag.planning import (
     SYMLINK,
     WOULD_WRITE,
     Outcome,
+    utf8_name,
 )
 
 
@@ -65,7 +66,8 @@ class Progress:
             self.counts[outcome.kind] += 1
             if outcome.kind == FAILED_OUTCOME:
                 self.failures.append((str(outcome.path), outcome.reason or "failed"))
-                if self.report_failures:
+                # a name the index cannot hold has no row: `phototag status` will never list it
+                if self.report_failures or not utf8_name(outcome.path):
                     self._clear()
                     print(f"failed: {outcome.path}: {outcome.reason}", file=sys.stderr)
             elif outcome.kind == SYMLINK and self.enabled:
