@@ -96,8 +96,28 @@ class MetadataSnapshot:
     existing: ExistingMetadata
     stamps: tuple[Stamp | None, Stamp | None]
 
+    @classmethod
+    def of(
+        cls,
+        photo: Path,
+        sidecar: Path,
+        file_tags: Mapping[str, object],
+        sidecar_tags: Mapping[str, object] | None,
+        stamps: tuple[Stamp | None, Stamp | None],
+    ) -> MetadataSnapshot:
+        existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
+        return cls(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
+
     def current(self) -> bool:
         return (file_stamp(self.photo), file_stamp(self.sidecar)) == self.stamps
+
+
+def _owned(photo: Path, records: Sequence[dict]) -> tuple[dict, dict | None]:
+    """One read's records of a photo and, when it was read too, its sidecar -> the photo's tags (a
+    MetadataError when it is not an image) and the sidecar's (None when exiftool could not read it)."""
+    check_image(photo, records[0])
+    sidecar_tags = records[1] if len(records) > 1 and "ExifTool:Error" not in records[1] else None
+    return records[0], sidecar_tags
 
 
 class _FileLocks:
@@ -226,8 +246,7 @@ class ExifToolSession:
         stamps = (file_stamp(photo), file_stamp(sidecar))  # before the read: a change during it shows
         with self.pool.borrow() as tool:
             file_tags, sidecar_tags = self._read_owned(tool, photo)
-        existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
-        return MetadataSnapshot(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
+        return MetadataSnapshot.of(photo, sidecar, file_tags, sidecar_tags, stamps)
 
     def snapshots(self, photos: Sequence[Path]) -> dict[Path, MetadataSnapshot]:
         """:meth:`snapshot` of several photos in one exiftool call, by photo.
@@ -260,17 +279,13 @@ class ExifToolSession:
         found: dict[Path, MetadataSnapshot] = {}
         position = 0
         for photo, sidecar, stamps, has_sidecar in plan:
-            file_tags = records[position]
-            sidecar_tags = records[position + 1] if has_sidecar else None
-            position += 2 if has_sidecar else 1
-            if sidecar_tags is not None and "ExifTool:Error" in sidecar_tags:
-                sidecar_tags = None
+            count = 2 if has_sidecar else 1
+            own, position = records[position : position + count], position + count
             try:
-                check_image(photo, file_tags)
+                file_tags, sidecar_tags = _owned(photo, own)
             except MetadataError:
-                continue
-            existing = existing_metadata(photo, file_tags, sidecar, sidecar_tags)
-            found[photo] = MetadataSnapshot(photo, sidecar, file_tags, sidecar_tags, existing, stamps)
+                continue  # not an image: its own read says so
+            found[photo] = MetadataSnapshot.of(photo, sidecar, file_tags, sidecar_tags, stamps)
         return found
 
     def _read_owned(self, tool: ExifTool, photo: Path) -> tuple[dict, dict | None]:
@@ -278,13 +293,7 @@ class ExifToolSession:
             raise MetadataError(f"{photo}: no such file")
         sidecar = self.sidecar_for(photo)
         paths = [photo, sidecar] if sidecar.is_file() else [photo]
-        records = tool.read_json(paths, READ_TAGS)
-        file_tags = records[0]
-        check_image(photo, file_tags)
-        sidecar_tags = None
-        if len(records) > 1 and "ExifTool:Error" not in records[1]:
-            sidecar_tags = records[1]
-        return file_tags, sidecar_tags
+        return _owned(photo, tool.read_json(paths, READ_TAGS))
 
     # -- writing ----------------------------------------------------------------------------------------
 
