@@ -125,10 +125,9 @@ class Planner:
 
     def read_ahead(self, paths: Sequence[Path]) -> dict[Path, MetadataSnapshot]:
         """The metadata reads :meth:`plan` is likely to need for ``paths``, in one exiftool call (see
-        :meth:`ExifToolSession.snapshots`); pass each path's to ``plan``. Which photos are read is a
-        guess from the rows and stats (an unchanged done, failed or restored photo is not); it only
-        decides what is read early: ``plan`` decides as before, reading again for a photo left out or
-        changed since. Empty for fewer than two photos."""
+        :meth:`ExifToolSession.snapshots`); pass each path's to ``plan``. A photo ``plan`` skips
+        unread (:meth:`_settled`) is not read; this only decides what is read early: ``plan`` decides as
+        before, reading again for a photo left out or changed since. Empty for fewer than two photos."""
         if len(paths) < 2:
             return {}
         paths = [path for path in paths if utf8_name(path)]
@@ -140,8 +139,7 @@ class Planner:
             except OSError:
                 continue
             row = rows.get(str(path))
-            settled = row is not None and row.status in (DONE, FAILED, RESTORED) and _unchanged(row, stat)
-            if not settled and not S_ISLNK(stat.st_mode):
+            if not S_ISLNK(stat.st_mode) and (row is None or self._settled(path, row, stat) is None):
                 wanted.append(path)
         return self.exiftool.snapshots(wanted) if len(wanted) > 1 else {}
 
@@ -162,14 +160,8 @@ class Planner:
         except FileNotFoundError:
             return Decision(path)  # gone since it was queued: nothing to do
         row = self.index.get(path)
-        if row is not None and row.status in (DONE, FAILED) and _unchanged(row, stat):
-            if row.status == DONE or not self._retry(row):
-                return Decision(path, Outcome(path, SKIPPED, caption=row.caption))
-        # `phototag restore` put it back: it stays so while unchanged (its row's size, mtime and hash are
-        # those after the restore), unless asked for; a person's later edit makes it a photo like any other
-        keep_restored = row is not None and row.status == RESTORED and not self.include_restored
-        if keep_restored and row is not None and _unchanged(row, stat):
-            return Decision(path, Outcome(path, SKIPPED, reason="restored"))
+        if row is not None and (settled := self._settled(path, row, stat)) is not None:
+            return Decision(path, settled)
         try:
             digest = content_hash(path)
         except OSError as exc:
@@ -236,6 +228,19 @@ class Planner:
             task.keywords = existing.keywords
         decision.pending = True
         return decision
+
+    def _settled(self, path: Path, row: Photo, stat: os.stat_result) -> Outcome | None:
+        """The skip of a photo unchanged since its row was written, decided before anything is read;
+        None when it needs planning."""
+        if not _unchanged(row, stat):
+            return None
+        if row.status == DONE or (row.status == FAILED and not self._retry(row)):
+            return Outcome(path, SKIPPED, caption=row.caption)
+        # `phototag restore` put it back: it stays so while unchanged (its row's size, mtime and hash are
+        # those after the restore), unless asked for; a person's later edit makes it a photo like any other
+        if row.status == RESTORED and not self.include_restored:
+            return Outcome(path, SKIPPED, reason="restored")
+        return None
 
     def _still_good(self, read: MetadataSnapshot, path: Path) -> bool:
         """Whether an earlier read is this photo's now: the same photo and the same sidecar (with
