@@ -357,11 +357,12 @@ class ExactInput:
         """An RGB photo -> the processor's ``pixel_values[0]`` (3 x H x W, float32)."""
         import numpy as np
         import torch
-        from PIL import Image
 
-        resized = image.resize((self.width, self.height), resample=Image.Resampling(self.resample))
+        from phototag.imaging import resize_for_model
+
+        resized = resize_for_model(image, (self.height, self.width), self.resample)
         # transformers' order and precisions: rescale in float64, cast, normalize in float32
-        scaled = (np.asarray(resized).astype(np.float64) * self.rescale).astype(np.float32)
+        scaled = (resized.astype(np.float64) * self.rescale).astype(np.float32)
         normalized = (scaled - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
 

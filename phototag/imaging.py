@@ -91,11 +91,13 @@ def load_rgb(path: Path, *, min_side: int = 0, draft: bool = False, preview: byt
         raise ImageError(f"damaged or truncated image: {first_line(exc)}") from None
 
 
-def resize_for_model(image: Image.Image, size: int, resample: int) -> np.ndarray:
-    """A decoded photo -> uint8 ``size`` x ``size`` x 3 pixels, resized as BLIP's processor does (what
-    crosses the network to a Ray model actor)."""
+def resize_for_model(image: Image.Image, size: int | tuple[int, int], resample: int) -> np.ndarray:
+    """A decoded photo -> uint8 pixels at the model's input, ``size`` x ``size`` (or ``(height, width)``)
+    x 3, resized as BLIP's processor does (what crosses the network to a Ray model actor or a model
+    process, and what the exact input is made from)."""
+    height, width = (size, size) if isinstance(size, int) else size
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return np.asarray(rgb.resize((size, size), resample=Image.Resampling(resample)), dtype=np.uint8)
+    return np.asarray(rgb.resize((width, height), resample=Image.Resampling(resample)), dtype=np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
