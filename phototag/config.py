@@ -6,6 +6,7 @@ The TOML file has one table per concern (``[model]``, ``[metadata]``, ``[index]`
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -26,6 +27,17 @@ def data_dir() -> Path:
     """Where phototag keeps its index and state (XDG data dir)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "phototag"
+
+
+def write_private_json(target: Path, data: Any, *, indent: int | None = None) -> None:
+    """Replace ``target`` atomically (a reader never sees half a file) with ``data`` as JSON, owner-only:
+    phototag's state files name photos. A path that is not UTF-8 (Python holds its odd bytes as lone
+    surrogates) is written as a JSON escape, which reads back as the same string."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with os.fdopen(os.open(tmp, flags, 0o600), "w", encoding="utf-8", errors="backslashreplace") as handle:
+        handle.write(json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+    os.replace(tmp, target)
 
 
 def make_private_dir(folder: Path) -> None:

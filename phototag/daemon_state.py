@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from phototag.config import make_private_dir
+from phototag.config import make_private_dir, write_private_json
 
 if TYPE_CHECKING:
     from phototag.pg_lock import PgWriterLock
@@ -221,16 +221,9 @@ def is_locked(db: Path) -> bool:
 
 
 def write_state(db: Path, state: dict[str, Any]) -> None:
-    """Replace the state file atomically (a reader never sees half a file)."""
-    target = state_path(db)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    # owner-only: the state names the watched folders and the last error (photo paths). A path that is
-    # not UTF-8 (Python holds its odd bytes as lone surrogates) is written as a JSON escape, which reads
-    # back as the same string.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    with os.fdopen(os.open(tmp, flags, 0o600), "w", encoding="utf-8", errors="backslashreplace") as handle:
-        handle.write(json.dumps(state, ensure_ascii=False, indent=2) + "\n")
-    os.replace(tmp, target)
+    """Replace the state file atomically; owner-only: it names the watched folders and the last error
+    (photo paths)."""
+    write_private_json(state_path(db), state, indent=2)
 
 
 def read_state(db: Path) -> dict[str, Any] | None:

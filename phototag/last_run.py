@@ -13,19 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from phototag.config import write_private_json
+
 
 def path_for(db: Path) -> Path:
     return db.with_name(db.name + ".last-run.json")
 
 
 def record_error(db: Path, command: str, message: str) -> None:
-    target = path_for(db)
-    temp = target.with_name(target.name + ".tmp")
-    data = {"command": command, "error": message, "at": time.time()}
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # as daemon_state
-        json.dump(data, handle, ensure_ascii=False)
-    os.replace(temp, target)
+    write_private_json(path_for(db), {"command": command, "error": message, "at": time.time()})
 
 
 def clear(db: Path) -> None:
