@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -51,16 +52,29 @@ def _parallel(settings: Settings, processes: int = 2) -> Settings:
     return replace(settings, pipeline=PipelineSettings(decode_workers=2, exiftool_processes=processes))
 
 
-def _run(settings: Settings, photos: list[Path], *, submit_twice: bool = False) -> list[Outcome]:
+def _run(
+    settings: Settings,
+    photos: list[Path],
+    *,
+    submit_twice: bool = False,
+    waiting: bool = False,
+    then: Callable[[], object] | None = None,
+) -> list[Outcome]:
+    """A real pipeline over ``photos``: its outcomes. ``waiting``: every photo is submitted before the
+    workers start, so they find them all waiting; ``then`` runs once every photo is submitted."""
     outcomes: list[Outcome] = []
     index = PhotoIndex(settings.db_path())
     with ExifToolSession(processes=settings.pipeline.effective_exiftool_processes) as exiftool:
-        pipeline = Pipeline(settings, index, exiftool, on_outcome=outcomes.append).start()
+        pipeline = Pipeline(settings, index, exiftool, on_outcome=outcomes.append)
+        if not waiting:
+            pipeline.start()
         for photo in photos:
             assert pipeline.submit(photo)
             if submit_twice:  # a watcher's second event for a photo in flight
                 assert pipeline.submit(photo)
-        assert pipeline.close(600)
+        if then is not None:
+            then()
+        assert pipeline.start().close(600)
     assert pipeline.error is None
     index.close()
     return outcomes
@@ -166,15 +180,7 @@ def test_waiting_photos_are_planned_from_one_exiftool_read(
     READ_AHEAD), each still exactly once, and captioned as before."""
     photos = copy_from_corpus(PHOTOS[:8], tmp_path / "lib")
     spy = WriteSpy(monkeypatch, overlap=1)
-    index = PhotoIndex(settings.db_path())
-    outcomes: list[Outcome] = []
-    with ExifToolSession(processes=2) as exiftool:
-        pipeline = Pipeline(_parallel(settings), index, exiftool, on_outcome=outcomes.append)
-        for photo in photos:  # all waiting before the workers start
-            assert pipeline.submit(photo)
-        assert pipeline.start().close(600)
-    index.close()
-    assert pipeline.error is None
+    outcomes = _run(_parallel(settings), photos, waiting=True)
     assert {o.path for o in outcomes if o.kind == CAPTIONED} == set(photos)
     reads = _plan_reads(spy, photos)
     per_photo = Counter(name for call in reads for name in call if name in {str(p) for p in photos})
@@ -257,14 +263,7 @@ def test_waiting_photos_are_shared_between_the_decode_workers(
 
     monkeypatch.setattr(pipeline_module, "load_rgb", load_rgb)
     settings = replace(settings, pipeline=PipelineSettings(decode_workers=4, exiftool_processes=2))
-    index = PhotoIndex(settings.db_path())
-    outcomes: list[Outcome] = []
-    with ExifToolSession(processes=2) as exiftool:
-        pipeline = Pipeline(settings, index, exiftool, on_outcome=outcomes.append)
-        for photo in photos:  # all waiting before the workers start
-            assert pipeline.submit(photo)
-        assert pipeline.start().close(600)
-    index.close()
+    outcomes = _run(settings, photos, waiting=True)
     assert {o.path for o in outcomes if o.kind == CAPTIONED} == set(photos)
     assert decoded_by.keys() == {p.name for p in photos}
     assert max(Counter(decoded_by.values()).values()) <= 4, decoded_by
@@ -283,16 +282,8 @@ def test_a_chunk_read_ahead_with_a_broken_and_a_vanished_photo_fails_only_those(
     cut.write_bytes(data[: len(data) * 6 // 10])
     (text := lib / "notes.jpg").write_text("not a photo")
     gone = copy_from_corpus(PHOTOS[4:5], lib)[0]
-    index = PhotoIndex(settings.db_path())
-    outcomes: list[Outcome] = []
-    with ExifToolSession(processes=1) as exiftool:
-        pipeline = Pipeline(_parallel(settings, 1), index, exiftool, on_outcome=outcomes.append)
-        for path in [*photos[:2], cut, text, gone, *photos[2:]]:  # all waiting: one or two chunks
-            assert pipeline.submit(path)
-        gone.unlink()
-        assert pipeline.start().close(600)
-    index.close()
-    assert pipeline.error is None
+    waiting = [*photos[:2], cut, text, gone, *photos[2:]]  # all waiting: one or two chunks
+    outcomes = _run(_parallel(settings, 1), waiting, waiting=True, then=gone.unlink)
     kinds = {o.path.name: o.kind for o in outcomes}
     assert kinds == {**{p.name: CAPTIONED for p in photos}, "cut.jpg": FAILED_OUTCOME, "notes.jpg": FAILED_OUTCOME}
 
